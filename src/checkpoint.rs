@@ -1,0 +1,165 @@
+//! A checkpoint on disk: config.json, tokenizer files and safetensors weights, read and checked
+//! before any weight is loaded, so a broken or unsupported checkpoint fails with a clear message.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+
+use crate::hub::{FileSource, HubError};
+use crate::models::{llama::LlamaConfig, qwen3::Qwen3Config, ArchConfig, SUPPORTED_ARCHITECTURES};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not valid JSON: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+    #[error("unsupported architecture {found:?} in {path}; supported: {}", SUPPORTED_ARCHITECTURES.join(", "))]
+    UnsupportedArchitecture { path: PathBuf, found: Vec<String> },
+    #[error("{path}: num_labels is {found}; a reward model has exactly one label")]
+    NumLabels { path: PathBuf, found: usize },
+    #[error("the checkpoint has neither model.safetensors nor model.safetensors.index.json")]
+    NoWeights,
+}
+
+/// Everything needed to build the engine, resolved to local paths.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// What the user asked for (`owner/name@rev` or a directory).
+    pub model_id: String,
+    /// The commit hash a hub revision resolved to, when known.
+    pub revision: Option<String>,
+    pub arch: ArchConfig,
+    pub config_path: PathBuf,
+    /// `pad_token_id` from config.json (transformers pools with this one first).
+    pub config_pad_token_id: Option<u32>,
+    /// `torch_dtype` / `dtype` from config.json.
+    pub stored_dtype: Option<String>,
+    pub tokenizer_path: PathBuf,
+    pub tokenizer_config: Json,
+    pub chat_template: Option<String>,
+    pub weights: Vec<PathBuf>,
+}
+
+fn read_json(path: &Path) -> Result<Json, CheckpointError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CheckpointError::Read { path: path.into(), source })?;
+    serde_json::from_str(&text).map_err(|source| CheckpointError::Json { path: path.into(), source })
+}
+
+impl Checkpoint {
+    pub fn resolve(model_id: &str, files: &FileSource) -> Result<Self, CheckpointError> {
+        let config_path = files.get("config.json")?;
+        let config = read_json(&config_path)?;
+        let arch = parse_arch(&config_path, &config)?;
+
+        let tokenizer_path = files.get("tokenizer.json")?;
+        let tokenizer_config_path = files.get("tokenizer_config.json")?;
+        let tokenizer_config = read_json(&tokenizer_config_path)?;
+        // Newer transformers save the template beside tokenizer_config.json and prefer it.
+        let chat_template = match files.get_optional("chat_template.jinja")? {
+            Some(p) => Some(std::fs::read_to_string(&p).map_err(|source| CheckpointError::Read { path: p, source })?),
+            None => template_from_tokenizer_config(&tokenizer_config),
+        };
+
+        let weights = match files.get_optional("model.safetensors.index.json")? {
+            Some(index_path) => {
+                let index = read_json(&index_path)?;
+                let map = index.get("weight_map").and_then(Json::as_object).ok_or_else(|| {
+                    CheckpointError::Invalid { path: index_path.clone(), reason: "no `weight_map` object".into() }
+                })?;
+                let mut shards: Vec<&str> = map.values().filter_map(Json::as_str).collect();
+                shards.sort_unstable();
+                shards.dedup();
+                shards.into_iter().map(|s| files.get(s)).collect::<Result<Vec<_>, _>>()?
+            }
+            None => match files.get_optional("model.safetensors")? {
+                Some(p) => vec![p],
+                None => return Err(CheckpointError::NoWeights),
+            },
+        };
+
+        let config_pad_token_id = config.get("pad_token_id").and_then(Json::as_u64).map(|v| v as u32);
+        let stored_dtype =
+            config.get("torch_dtype").or_else(|| config.get("dtype")).and_then(Json::as_str).map(str::to_string);
+        Ok(Self {
+            model_id: model_id.to_string(),
+            revision: files.cached_commit(),
+            arch,
+            config_path,
+            config_pad_token_id,
+            stored_dtype,
+            tokenizer_path,
+            tokenizer_config,
+            chat_template,
+            weights,
+        })
+    }
+
+    /// Special-token strings from tokenizer_config.json (`bos_token`, `eos_token`, ...), which
+    /// transformers hands to the chat template. Values may be strings or AddedToken objects.
+    pub fn special_tokens(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for key in ["bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"] {
+            if let Some(tok) = self.tokenizer_config.get(key).and_then(token_content) {
+                out.insert(key.to_string(), tok);
+            }
+        }
+        out
+    }
+}
+
+fn token_content(v: &Json) -> Option<String> {
+    match v {
+        Json::String(s) => Some(s.clone()),
+        Json::Object(o) => o.get("content").and_then(Json::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+/// `chat_template` is a string, or a list of `{name, template}` where `default` is used.
+fn template_from_tokenizer_config(cfg: &Json) -> Option<String> {
+    match cfg.get("chat_template")? {
+        Json::String(s) => Some(s.clone()),
+        Json::Array(list) => list
+            .iter()
+            .find(|t| t.get("name").and_then(Json::as_str) == Some("default"))
+            .and_then(|t| t.get("template"))
+            .and_then(Json::as_str)
+            .map(str::to_string),
+        _ => None,
+    }
+}
+
+fn parse_arch(path: &Path, config: &Json) -> Result<ArchConfig, CheckpointError> {
+    let archs: Vec<String> = config
+        .get("architectures")
+        .and_then(Json::as_array)
+        .map(|a| a.iter().filter_map(Json::as_str).map(str::to_string).collect())
+        .unwrap_or_default();
+    // transformers: num_labels is len(id2label) when present, else `num_labels`, else 2.
+    let num_labels =
+        match (config.get("id2label").and_then(Json::as_object), config.get("num_labels").and_then(Json::as_u64)) {
+            (Some(map), _) => map.len(),
+            (None, Some(n)) => n as usize,
+            (None, None) => 2,
+        };
+    let invalid = |e: serde_json::Error| CheckpointError::Invalid { path: path.into(), reason: e.to_string() };
+    let arch = match archs.first().map(String::as_str) {
+        Some("LlamaForSequenceClassification") => {
+            ArchConfig::Llama(serde_json::from_value::<LlamaConfig>(config.clone()).map_err(invalid)?)
+        }
+        Some("Qwen3ForSequenceClassification") => {
+            ArchConfig::Qwen3(serde_json::from_value::<Qwen3Config>(config.clone()).map_err(invalid)?)
+        }
+        _ => return Err(CheckpointError::UnsupportedArchitecture { path: path.into(), found: archs }),
+    };
+    if num_labels != 1 {
+        return Err(CheckpointError::NumLabels { path: path.into(), found: num_labels });
+    }
+    Ok(arch)
+}

@@ -1,0 +1,57 @@
+//! The `skyscore` command line.
+
+mod progress;
+pub mod score;
+pub mod summary;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// Score supervised fine-tuning (SFT) data with Skywork-Reward-V2 reward models.
+///
+/// Each row (instruction, optional input, output) becomes the conversation
+/// [user: instruction + "\n" + input, assistant: output], rendered with the checkpoint's own
+/// chat template, and the model's raw score logit is its reward.
+#[derive(Debug, Parser)]
+#[command(name = "skyscore", version, about, long_about)]
+pub struct Cli {
+    /// More logging (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Score an SFT table (JSONL, JSON array or Parquet) and write {"id", "score"} rows.
+    Score(score::ScoreArgs),
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "skyscore=info,warn",
+        _ => "skyscore=debug,info",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Score(args) => score::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! `skyscore score`: a table in, scores out, in input order.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Float32Array, UInt32Array, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use skyscore_udf::ScoreRequest;
+
+use super::progress::Progress;
+use super::summary::RunSummary;
+use crate::config::ScorerConfig;
+use crate::encode::TruncationSide;
+use crate::engine::{DeviceSpec, Engine, EngineOptions};
+use crate::io::{open_input, ColumnNames, OutputWriter, SftColumns};
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  skyscore score --model sample_data/models/tiny-llama --input sample_data/sft_sample.parquet --output scores.jsonl
+  skyscore score --config scorer.yaml --input sft.jsonl --output scored.parquet --keep-columns
+
+Flags override the YAML config (name, model, max_length, batch_size, truncation_side, ...).
+Hub ids resolve through the Hugging Face cache (HF_HOME / HF_HUB_CACHE); HF_TOKEN is used for
+gated models; HF_HUB_OFFLINE=1 uses the cache only.")]
+pub struct ScoreArgs {
+    /// Input table: .jsonl, .json (array) or .parquet, with Alpaca columns instruction,
+    /// input (optional) and output.
+    #[arg(long, short)]
+    pub input: PathBuf,
+    /// Output file: .jsonl, .json or .parquet. Rows come out in input order.
+    #[arg(long, short)]
+    pub output: PathBuf,
+    /// Scorer config (YAML: name, model, max_length, batch_size, ...).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Checkpoint directory, or hub id owner/name[@revision].
+    /// [default: Skywork/Skywork-Reward-V2-Llama-3.1-8B-40M]
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Longest prompt in tokens; longer rows are truncated, counted and flagged. [default: 4096]
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Which end of an over-long row to keep: right keeps the first tokens (as transformers
+    /// does), left keeps the last. [default: right]
+    #[arg(long, value_enum)]
+    pub truncation_side: Option<TruncationSide>,
+    /// Most rows per forward pass. [default: 16]
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Most padded tokens per forward pass. [default: 8192 on CPU, 65536 on GPU]
+    #[arg(long)]
+    pub max_batch_tokens: Option<usize>,
+    /// Column holding the row id [default: `id` when present, else the row index].
+    #[arg(long)]
+    pub id_column: Option<String>,
+    #[arg(long, default_value = "instruction")]
+    pub instruction_column: String,
+    #[arg(long, default_value = "input")]
+    pub input_column: String,
+    /// Column holding the response (GPTeacher-style files call it `response`).
+    #[arg(long, default_value = "output")]
+    pub output_column: String,
+    /// Carry all input columns through and add score, num_tokens and truncated.
+    #[arg(long)]
+    pub keep_columns: bool,
+    /// Give rows with a NULL instruction/output (or an unrenderable prompt) a null score
+    /// instead of failing.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// cpu, cuda or cuda:N. [default: cpu]
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Weight and compute dtype: f32, f16 or bf16. [default: f32 on CPU, bf16 on CUDA]
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// Rows read, tokenized and length-sorted together.
+    #[arg(long, default_value_t = 1024)]
+    pub window: usize,
+    /// Write the end-of-run figures as JSON.
+    #[arg(long)]
+    pub stats_json: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+struct Resolved {
+    model: String,
+    engine: EngineOptions,
+}
+
+fn resolve(args: &ScoreArgs) -> Result<Resolved> {
+    let cfg = match &args.config {
+        Some(path) => ScorerConfig::load(path)?,
+        None => ScorerConfig::default(),
+    };
+    let device: DeviceSpec = args
+        .device
+        .clone()
+        .or(cfg.device.clone())
+        .unwrap_or_else(|| "cpu".into())
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    Ok(Resolved {
+        model: args.model.clone().unwrap_or(cfg.model),
+        engine: EngineOptions {
+            max_length: args.max_length.unwrap_or(cfg.max_length),
+            truncation_side: args.truncation_side.unwrap_or(cfg.truncation_side),
+            batch_size: args.batch_size.unwrap_or(cfg.batch_size),
+            max_batch_tokens: args.max_batch_tokens.or(cfg.max_batch_tokens),
+            device,
+            dtype: args.dtype.clone().or(cfg.dtype),
+        },
+    })
+}
+
+pub fn run(args: ScoreArgs) -> Result<()> {
+    let started = Instant::now();
+    let resolved = resolve(&args)?;
+    let names = ColumnNames {
+        instruction: args.instruction_column.clone(),
+        input: args.input_column.clone(),
+        output: args.output_column.clone(),
+        id: args.id_column.clone(),
+    };
+    let input = open_input(&args.input, args.window.max(1))?;
+    let file = args.input.display().to_string();
+    names.check(&input.schema, &file)?;
+    let id_column = names.id_column(&input.schema).map(str::to_string);
+    let out_schema = output_schema(&input.schema, id_column.as_deref(), args.keep_columns)?;
+
+    let engine = Engine::load(&resolved.model, &resolved.engine)?;
+    let ckpt = engine.checkpoint();
+    let metadata = vec![
+        ("skyscore.version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
+        ("skyscore.model".to_string(), ckpt.model_id.clone()),
+        ("skyscore.revision".to_string(), ckpt.revision.clone().unwrap_or_default()),
+        ("skyscore.template_sha256".to_string(), engine.encoder().template().sha256().to_string()),
+        ("skyscore.max_length".to_string(), resolved.engine.max_length.to_string()),
+        ("skyscore.truncation_side".to_string(), resolved.engine.truncation_side.as_str().to_string()),
+    ];
+    let mut writer = OutputWriter::create(&args.output, out_schema.clone(), metadata)?;
+    let mut summary = RunSummary {
+        model: resolved.model.clone(),
+        device: resolved.engine.device.to_string(),
+        dtype: format!("{:?}", engine.dtype()).to_lowercase(),
+        max_length: resolved.engine.max_length,
+        batch_size: resolved.engine.batch_size,
+        ..Default::default()
+    };
+    let mut progress = Progress::new(input.num_rows, !args.no_progress);
+
+    let result = (|| -> Result<()> {
+        for batch in input.batches {
+            let batch = batch?;
+            let scored = score_batch(
+                &engine,
+                &batch,
+                &names,
+                id_column.as_deref(),
+                summary.rows,
+                &args,
+                &mut summary,
+                &mut progress,
+            )
+            .with_context(|| format!("scoring {file}"))?;
+            let out =
+                build_output(&out_schema, &batch, id_column.as_deref(), summary.rows, &scored, args.keep_columns)?;
+            writer.write(&out)?;
+            summary.rows += batch.num_rows();
+        }
+        Ok(())
+    })();
+    progress.finish();
+    if let Err(e) = result {
+        writer.abandon();
+        return Err(e);
+    }
+    writer.finish()?;
+
+    summary.wall_s = started.elapsed().as_secs_f64();
+    summary.tokens_per_s = summary.tokens as f64 / summary.wall_s.max(1e-9);
+    eprintln!("{}", summary.line());
+    if let Some(path) = &args.stats_json {
+        summary.write_json(path)?;
+    }
+    Ok(())
+}
+
+/// Per-row results of one input batch (None where the row was skipped).
+struct Scored {
+    score: Vec<Option<f32>>,
+    num_tokens: Vec<Option<u32>>,
+    truncated: Vec<Option<bool>>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn score_batch(
+    engine: &Engine,
+    batch: &RecordBatch,
+    names: &ColumnNames,
+    id_column: Option<&str>,
+    first_row: usize,
+    args: &ScoreArgs,
+    summary: &mut RunSummary,
+    progress: &mut Progress,
+) -> Result<Scored> {
+    let n = batch.num_rows();
+    let cols = SftColumns::new(batch, names)?;
+    let describe = |i: usize| row_label(batch, id_column, first_row, i);
+
+    // Rows with a NULL required field are invalid: an error, or a null score when skipping.
+    let mut requests: Vec<(usize, ScoreRequest)> = Vec::with_capacity(n);
+    let mut skipped = 0;
+    for i in 0..n {
+        match (cols.instruction.get(i), cols.output.get(i)) {
+            (Some(instruction), Some(output)) => {
+                requests.push((i, ScoreRequest::new(instruction, cols.input.get(i), output)))
+            }
+            (ins, _) => {
+                let column = if ins.is_none() { &names.instruction } else { &names.output };
+                if !args.skip_invalid {
+                    bail!("{}: column `{column}` is NULL (use --skip-invalid to score it as null)", describe(i));
+                }
+                tracing::warn!("{}: column `{column}` is NULL; score set to null", describe(i));
+                skipped += 1;
+            }
+        }
+    }
+    let reqs: Vec<ScoreRequest> = requests.iter().map(|(_, r)| *r).collect();
+    let encoded = engine.encoder().encode_all(&reqs);
+    let mut valid: Vec<(usize, crate::encode::Encoded)> = Vec::with_capacity(encoded.len());
+    for ((row, _), enc) in requests.iter().zip(encoded) {
+        match enc {
+            Ok(e) => valid.push((*row, e)),
+            Err(e) if args.skip_invalid => {
+                tracing::warn!("{}: {e}; score set to null", describe(*row));
+                skipped += 1;
+            }
+            Err(e) => bail!("{}: {e}", describe(*row)),
+        }
+    }
+    progress.advance(skipped, 0);
+    let ids: Vec<&[u32]> = valid.iter().map(|(_, e)| e.ids.as_slice()).collect();
+    let (scores, stats) = engine.score_encoded(&ids, |rows, tokens| progress.advance(rows, tokens))?;
+
+    let mut out = Scored { score: vec![None; n], num_tokens: vec![None; n], truncated: vec![None; n] };
+    for ((row, enc), score) in valid.iter().zip(scores) {
+        out.score[*row] = Some(score);
+        out.num_tokens[*row] = Some(enc.ids.len() as u32);
+        out.truncated[*row] = Some(enc.truncated);
+    }
+    summary.model_rows += stats.rows;
+    summary.tokens += stats.tokens;
+    summary.padded_tokens += stats.padded_tokens;
+    summary.batches += stats.batches;
+    summary.skipped_rows += skipped;
+    summary.truncated_rows += valid.iter().filter(|(_, e)| e.truncated).count();
+    Ok(out)
+}
+
+/// "row 12 (id \"abc\")": what an error message names.
+fn row_label(batch: &RecordBatch, id_column: Option<&str>, first_row: usize, i: usize) -> String {
+    let index = first_row + i;
+    let id = id_column
+        .and_then(|c| batch.column_by_name(c))
+        .and_then(|a| datafusion::arrow::util::display::array_value_to_string(a, i).ok());
+    match id {
+        Some(id) => format!("row {index} (id {id})"),
+        None => format!("row {index}"),
+    }
+}
+
+const ADDED_COLUMNS: [&str; 3] = ["score", "num_tokens", "truncated"];
+
+fn output_schema(input: &SchemaRef, id_column: Option<&str>, keep: bool) -> Result<SchemaRef> {
+    let score = Field::new("score", DataType::Float32, true);
+    if keep {
+        if let Some(clash) = ADDED_COLUMNS.iter().find(|c| input.field_with_name(c).is_ok()) {
+            bail!("--keep-columns: the input already has a `{clash}` column");
+        }
+        let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+        fields.push(score);
+        fields.push(Field::new("num_tokens", DataType::UInt32, true));
+        fields.push(Field::new("truncated", DataType::Boolean, true));
+        return Ok(Arc::new(Schema::new(fields)));
+    }
+    let id = match id_column {
+        Some(c) => Field::new("id", input.field_with_name(c)?.data_type().clone(), true),
+        None => Field::new("id", DataType::UInt64, false),
+    };
+    Ok(Arc::new(Schema::new(vec![id, score])))
+}
+
+fn build_output(
+    schema: &SchemaRef,
+    batch: &RecordBatch,
+    id_column: Option<&str>,
+    first_row: usize,
+    scored: &Scored,
+    keep: bool,
+) -> Result<RecordBatch> {
+    let score: ArrayRef = Arc::new(Float32Array::from(scored.score.clone()));
+    let columns: Vec<ArrayRef> = if keep {
+        let mut cols = batch.columns().to_vec();
+        cols.push(score);
+        cols.push(Arc::new(UInt32Array::from(scored.num_tokens.clone())));
+        cols.push(Arc::new(BooleanArray::from(scored.truncated.clone())));
+        cols
+    } else {
+        let id: ArrayRef = match id_column.and_then(|c| batch.column_by_name(c)) {
+            Some(col) => col.clone(),
+            None => Arc::new(UInt64Array::from_iter_values((0..batch.num_rows()).map(|i| (first_row + i) as u64))),
+        };
+        vec![id, score]
+    };
+    debug_assert!(columns.iter().all(|c| c.len() == batch.num_rows()));
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}

@@ -1,0 +1,98 @@
+//! The scorer configuration file (YAML), as the user writes it:
+//!
+//! ```yaml
+//! name: SkyworkRewardScorer
+//! model: Skywork/Skywork-Reward-V2-Llama-3.1-8B-40M
+//! max_length: 4096
+//! batch_size: 16
+//! ```
+//!
+//! Command-line flags override it; unknown keys are errors (a typo must not be ignored).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::encode::TruncationSide;
+
+pub const DEFAULT_MODEL: &str = "Skywork/Skywork-Reward-V2-Llama-3.1-8B-40M";
+pub const DEFAULT_NAME: &str = "SkyworkRewardScorer";
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScorerConfig {
+    #[serde(default = "default_name")]
+    pub name: String,
+    #[serde(default = "default_model")]
+    pub model: String,
+    #[serde(default = "default_max_length")]
+    pub max_length: usize,
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    #[serde(default)]
+    pub truncation_side: TruncationSide,
+    #[serde(default)]
+    pub max_batch_tokens: Option<usize>,
+    #[serde(default)]
+    pub device: Option<String>,
+    #[serde(default)]
+    pub dtype: Option<String>,
+}
+
+fn default_name() -> String {
+    DEFAULT_NAME.into()
+}
+fn default_model() -> String {
+    DEFAULT_MODEL.into()
+}
+fn default_max_length() -> usize {
+    4096
+}
+fn default_batch_size() -> usize {
+    16
+}
+
+impl Default for ScorerConfig {
+    fn default() -> Self {
+        serde_yaml_ng::from_str("{}").expect("defaults parse")
+    }
+}
+
+impl ScorerConfig {
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        Ok(serde_yaml_ng::from_str(text)?)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        Self::from_yaml(&text).with_context(|| format!("parsing config {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_spec_parses() {
+        let cfg = ScorerConfig::from_yaml(
+            "name: SkyworkRewardScorer\nmodel: Skywork/Skywork-Reward-V2-Llama-3.1-8B-40M\nmax_length: 4096\nbatch_size: 16\n",
+        )
+        .unwrap();
+        assert_eq!(cfg, ScorerConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = ScorerConfig::from_yaml("batchsize: 8").unwrap_err().to_string();
+        assert!(err.contains("batchsize"), "{err}");
+    }
+
+    #[test]
+    fn truncation_side_parses() {
+        let cfg = ScorerConfig::from_yaml("truncation_side: left\nmax_length: 64").unwrap();
+        assert_eq!(cfg.truncation_side, TruncationSide::Left);
+        assert_eq!(cfg.max_length, 64);
+    }
+}

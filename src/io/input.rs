@@ -1,0 +1,118 @@
+//! Reading an input table as a stream of record batches.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::json::reader::{infer_json_schema_from_iterator, infer_json_schema_from_seekable};
+use datafusion::arrow::json::ReaderBuilder;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    Jsonl,
+    JsonArray,
+    Parquet,
+}
+
+/// An opened input: its schema, its row count when known up front, and its batches.
+pub struct InputTable {
+    pub path: PathBuf,
+    pub format: InputFormat,
+    pub schema: SchemaRef,
+    pub num_rows: Option<usize>,
+    pub batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send>,
+}
+
+/// `.parquet`/`.pq` are Parquet; `.json`, `.jsonl`, `.ndjson` are JSON, told apart by their
+/// first non-blank byte (`[` is an array, `{` is one object per line).
+fn detect(path: &Path) -> Result<InputFormat> {
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    match ext.as_str() {
+        "parquet" | "pq" => Ok(InputFormat::Parquet),
+        "json" | "jsonl" | "ndjson" => {
+            let mut reader =
+                BufReader::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
+            let mut byte = [0u8; 1];
+            loop {
+                if reader.read(&mut byte)? == 0 {
+                    return Ok(InputFormat::Jsonl); // empty file: zero rows
+                }
+                if !byte[0].is_ascii_whitespace() {
+                    break;
+                }
+            }
+            Ok(if byte[0] == b'[' { InputFormat::JsonArray } else { InputFormat::Jsonl })
+        }
+        _ => bail!("{}: unknown input format (use .parquet, .jsonl or .json)", path.display()),
+    }
+}
+
+pub fn open_input(path: &Path, batch_rows: usize) -> Result<InputTable> {
+    let format = detect(path)?;
+    let ctx = || format!("reading {}", path.display());
+    let (schema, num_rows, batches): (SchemaRef, Option<usize>, Box<dyn Iterator<Item = Result<RecordBatch>> + Send>) =
+        match format {
+            InputFormat::Parquet => {
+                let file = File::open(path).with_context(ctx)?;
+                let builder = ParquetRecordBatchReaderBuilder::try_new(file).with_context(ctx)?;
+                let rows = builder.metadata().file_metadata().num_rows() as usize;
+                let schema = builder.schema().clone();
+                let reader = builder.with_batch_size(batch_rows).build().with_context(ctx)?;
+                let p = path.to_path_buf();
+                let it = reader.map(move |b| b.with_context(|| format!("reading {}", p.display())));
+                (schema, Some(rows), Box::new(it))
+            }
+            InputFormat::Jsonl => {
+                let mut file = BufReader::new(File::open(path).with_context(ctx)?);
+                let (schema, _) = infer_json_schema_from_seekable(&mut file, None).with_context(ctx)?;
+                file.seek(SeekFrom::Start(0))?;
+                let lines = count_json_lines(path)?;
+                let schema = Arc::new(schema);
+                let reader =
+                    ReaderBuilder::new(schema.clone()).with_batch_size(batch_rows).build(file).with_context(ctx)?;
+                let p = path.to_path_buf();
+                let it = reader.map(move |b| b.with_context(|| format!("reading {}", p.display())));
+                (schema, Some(lines), Box::new(it))
+            }
+            InputFormat::JsonArray => {
+                let file = BufReader::new(File::open(path).with_context(ctx)?);
+                let values: Vec<serde_json::Value> = serde_json::from_reader(file).with_context(ctx)?;
+                if let Some(i) = values.iter().position(|v| !v.is_object()) {
+                    bail!("{}: element {i} of the JSON array is not an object", path.display());
+                }
+                let schema = Arc::new(infer_json_schema_from_iterator(values.iter().map(Ok)).with_context(ctx)?);
+                let n = values.len();
+                let mut decoder = ReaderBuilder::new(schema.clone()).with_batch_size(batch_rows).build_decoder()?;
+                let p = path.to_path_buf();
+                let mut chunks = values.chunks(batch_rows.max(1)).map(|c| c.to_vec()).collect::<Vec<_>>().into_iter();
+                let it = std::iter::from_fn(move || {
+                    let chunk = chunks.next()?;
+                    let res = decoder
+                        .serialize(&chunk)
+                        .and_then(|_| decoder.flush())
+                        .map_err(anyhow::Error::from)
+                        .and_then(|b| b.context("empty chunk"))
+                        .with_context(|| format!("reading {}", p.display()));
+                    Some(res)
+                });
+                (schema, Some(n), Box::new(it))
+            }
+        };
+    Ok(InputTable { path: path.to_path_buf(), format, schema, num_rows, batches })
+}
+
+fn count_json_lines(path: &Path) -> Result<usize> {
+    let reader = BufReader::new(File::open(path)?);
+    let mut n = 0;
+    for line in reader.lines() {
+        if !line?.trim().is_empty() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,10 @@
+//! Tables in and out of `skyscore score`: JSONL, JSON arrays and Parquet, all as Arrow record
+//! batches so every format takes the same path.
+
+pub mod columns;
+pub mod input;
+pub mod output;
+
+pub use columns::{ColumnNames, SftColumns};
+pub use input::{open_input, InputTable};
+pub use output::{OutputFormat, OutputWriter};

@@ -1,0 +1,108 @@
+//! Writing the scored table. Output goes to `<file>.partial` and is renamed into place only
+//! when complete, so a failed run never leaves a truncated file that looks finished.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::json::writer::{JsonArray, LineDelimited, Writer as JsonWriter, WriterBuilder};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::metadata::KeyValue;
+use datafusion::parquet::file::properties::WriterProperties;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Jsonl,
+    JsonArray,
+    Parquet,
+}
+
+impl OutputFormat {
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        Ok(match ext.as_str() {
+            "jsonl" | "ndjson" => OutputFormat::Jsonl,
+            "json" => OutputFormat::JsonArray,
+            "parquet" | "pq" => OutputFormat::Parquet,
+            _ => bail!("{}: unknown output format (use .jsonl, .json or .parquet)", path.display()),
+        })
+    }
+}
+
+enum Sink {
+    Jsonl(JsonWriter<BufWriter<File>, LineDelimited>),
+    JsonArray(JsonWriter<BufWriter<File>, JsonArray>),
+    Parquet(ArrowWriter<File>),
+}
+
+pub struct OutputWriter {
+    sink: Sink,
+    partial: PathBuf,
+    path: PathBuf,
+}
+
+impl OutputWriter {
+    /// `metadata` becomes Parquet key-value metadata (ignored for JSON).
+    pub fn create(path: &Path, schema: SchemaRef, metadata: Vec<(String, String)>) -> Result<Self> {
+        let format = OutputFormat::from_path(path)?;
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let partial = PathBuf::from(partial);
+        let file = File::create(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+        let sink = match format {
+            OutputFormat::Jsonl => {
+                Sink::Jsonl(WriterBuilder::new().with_explicit_nulls(true).build(BufWriter::new(file)))
+            }
+            OutputFormat::JsonArray => {
+                Sink::JsonArray(WriterBuilder::new().with_explicit_nulls(true).build(BufWriter::new(file)))
+            }
+            OutputFormat::Parquet => {
+                let kv = metadata.into_iter().map(|(k, v)| KeyValue::new(k, v)).collect();
+                let props = WriterProperties::builder()
+                    .set_compression(Compression::ZSTD(ZstdLevel::default()))
+                    .set_key_value_metadata(Some(kv))
+                    .build();
+                Sink::Parquet(ArrowWriter::try_new(file, schema, Some(props))?)
+            }
+        };
+        Ok(Self { sink, partial, path: path.to_path_buf() })
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        let res = match &mut self.sink {
+            Sink::Jsonl(w) => w.write(batch).map_err(anyhow::Error::from),
+            Sink::JsonArray(w) => w.write(batch).map_err(anyhow::Error::from),
+            Sink::Parquet(w) => w.write(batch).map_err(anyhow::Error::from),
+        };
+        res.with_context(|| format!("writing {}", self.partial.display()))
+    }
+
+    /// Flushes, closes and moves the file into place.
+    pub fn finish(self) -> Result<()> {
+        let ctx = || format!("writing {}", self.partial.display());
+        match self.sink {
+            Sink::Jsonl(mut w) => {
+                w.finish().with_context(ctx)?;
+                std::io::Write::flush(&mut w.into_inner()).with_context(ctx)?;
+            }
+            Sink::JsonArray(mut w) => {
+                w.finish().with_context(ctx)?;
+                std::io::Write::flush(&mut w.into_inner()).with_context(ctx)?;
+            }
+            Sink::Parquet(w) => {
+                w.close().with_context(ctx)?;
+            }
+        }
+        std::fs::rename(&self.partial, &self.path)
+            .with_context(|| format!("moving {} to {}", self.partial.display(), self.path.display()))
+    }
+
+    /// Removes the partial file after a failure.
+    pub fn abandon(self) {
+        let _ = std::fs::remove_file(&self.partial);
+    }
+}

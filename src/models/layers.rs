@@ -1,0 +1,181 @@
+//! Building blocks shared by the decoder architectures: rotary tables, attention core, MLP,
+//! and the transformers-exact pooling rule. Everything here works on a right-padded batch
+//! `[batch, seq]`, where a causal mask alone keeps padding out of every real token's view.
+
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_nn::{linear_b, Linear, VarBuilder};
+use serde::Deserialize;
+
+/// `rope_scaling` / `rope_parameters` as written in config.json.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct RopeParameters {
+    #[serde(alias = "type")]
+    pub rope_type: Option<String>,
+    pub rope_theta: Option<f64>,
+    pub factor: Option<f64>,
+    pub low_freq_factor: Option<f64>,
+    pub high_freq_factor: Option<f64>,
+    pub original_max_position_embeddings: Option<usize>,
+}
+
+/// Inverse frequencies of the rotary embedding, computed in f32 exactly as transformers does
+/// (its rope init runs in float32; computing in f64 shifts angles at long positions by ~1e-4).
+#[derive(Debug, Clone)]
+pub struct RotaryEmbedding {
+    inv_freq: Vec<f32>,
+}
+
+impl RotaryEmbedding {
+    pub fn new(head_dim: usize, theta: f64, scaling: Option<&RopeParameters>) -> Result<Self> {
+        let dim = head_dim as f32;
+        let base = theta as f32;
+        let mut inv_freq: Vec<f32> = (0..head_dim).step_by(2).map(|i| 1.0f32 / base.powf(i as f32 / dim)).collect();
+        let rope_type = scaling.and_then(|s| s.rope_type.as_deref()).unwrap_or("default");
+        match rope_type {
+            "default" => {}
+            "linear" => {
+                let factor = scaling.and_then(|s| s.factor).unwrap_or(1.0) as f32;
+                inv_freq.iter_mut().for_each(|f| *f /= factor);
+            }
+            "llama3" => {
+                let s = scaling.expect("llama3 rope type comes from a scaling block");
+                let need = |v: Option<f64>, name: &str| {
+                    v.ok_or_else(|| candle_core::Error::Msg(format!("llama3 rope scaling needs `{name}`")))
+                };
+                let factor = need(s.factor, "factor")? as f32;
+                let low = need(s.low_freq_factor, "low_freq_factor")? as f32;
+                let high = need(s.high_freq_factor, "high_freq_factor")? as f32;
+                let old_ctx = s.original_max_position_embeddings.ok_or_else(|| {
+                    candle_core::Error::Msg("llama3 rope scaling needs `original_max_position_embeddings`".into())
+                })? as f32;
+                let low_freq_wavelen = old_ctx / low;
+                let high_freq_wavelen = old_ctx / high;
+                let two_pi = (2.0 * std::f64::consts::PI) as f32;
+                for f in inv_freq.iter_mut() {
+                    let wavelen = two_pi / *f;
+                    let scaled = if wavelen > low_freq_wavelen { *f / factor } else { *f };
+                    let is_medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+                    *f = if is_medium {
+                        let smooth = (old_ctx / wavelen - low) / (high - low);
+                        (1.0 - smooth) * scaled / factor + smooth * scaled
+                    } else {
+                        scaled
+                    };
+                }
+            }
+            other => {
+                candle_core::bail!("unsupported rope scaling type `{other}` (supported: default, linear, llama3)")
+            }
+        }
+        Ok(Self { inv_freq })
+    }
+
+    /// `(cos, sin)` tables of shape `[seq_len, head_dim / 2]` for positions `0..seq_len`.
+    pub fn tables(&self, seq_len: usize, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(seq_len * half);
+        let mut sin = Vec::with_capacity(seq_len * half);
+        for pos in 0..seq_len {
+            for &f in &self.inv_freq {
+                let angle = pos as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        let cos = Tensor::from_vec(cos, (seq_len, half), device)?.to_dtype(dtype)?;
+        let sin = Tensor::from_vec(sin, (seq_len, half), device)?.to_dtype(dtype)?;
+        Ok((cos, sin))
+    }
+}
+
+/// Additive causal mask `[1, 1, seq, seq]`: 0 on and below the diagonal, -inf above.
+/// With right padding this is the whole mask: real tokens never see the pads behind them, and
+/// what pad positions compute is never pooled.
+pub fn causal_mask(seq_len: usize, device: &Device, dtype: DType) -> Result<Tensor> {
+    let mask: Vec<f32> =
+        (0..seq_len).flat_map(|i| (0..seq_len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
+    Tensor::from_vec(mask, (1, 1, seq_len, seq_len), device)?.to_dtype(dtype)
+}
+
+/// Scaled dot-product attention with grouped KV heads.
+/// q: `[b, heads, t, d]`, k/v: `[b, kv_heads, t, d]`, mask: broadcastable to `[b, heads, t, t]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+    let (b, heads, t, d) = q.dims4()?;
+    let kv_heads = k.dim(1)?;
+    let n_rep = heads / kv_heads;
+    // Group the query heads that share one KV head instead of copying K and V n_rep times.
+    let q = q.reshape((b, kv_heads, n_rep * t, d))?;
+    let scores = (q.matmul(&k.t()?)? * scale)?; // [b, kv, n_rep*t, t]
+    let scores = scores.reshape((b, heads, t, t))?.broadcast_add(mask)?;
+    let in_dtype = scores.dtype();
+    let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?;
+    let probs = probs.reshape((b, kv_heads, n_rep * t, t))?;
+    probs.matmul(v)?.reshape((b, heads, t, d))
+}
+
+/// RMSNorm as transformers computes it: normalise in f32, cast back, then scale by the weight.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn load(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(Self { weight: vb.get(size, "weight")?, eps: eps as f32 })
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if xs.dtype() == DType::F32 {
+            return candle_nn::ops::rms_norm(xs, &self.weight, self.eps);
+        }
+        let x = xs.to_dtype(DType::F32)?;
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = x.broadcast_div(&(var + self.eps as f64)?.sqrt()?)?;
+        normed.to_dtype(xs.dtype())?.broadcast_mul(&self.weight)
+    }
+}
+
+/// The SwiGLU feed-forward block of Llama and Qwen3.
+#[derive(Debug, Clone)]
+pub struct GatedMlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl GatedMlp {
+    pub fn load(hidden: usize, intermediate: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            gate_proj: linear_b(hidden, intermediate, bias, vb.pp("gate_proj"))?,
+            up_proj: linear_b(hidden, intermediate, bias, vb.pp("up_proj"))?,
+            down_proj: linear_b(intermediate, hidden, bias, vb.pp("down_proj"))?,
+        })
+    }
+}
+
+impl Module for GatedMlp {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(xs)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
+    }
+}
+
+/// Position transformers pools for one row: the rightmost token that is not `pad_token_id`
+/// (index 0 when every token is the pad id, which is what its argmax over zeros yields).
+pub fn pooled_index(ids: &[u32], pad_token_id: Option<u32>) -> usize {
+    match pad_token_id {
+        None => ids.len().saturating_sub(1),
+        Some(pad) => ids.iter().rposition(|&t| t != pad).unwrap_or(0),
+    }
+}
+
+/// Gathers `hidden[row, pos[row]]` into `[b, hidden]`.
+pub fn gather_rows(hidden: &Tensor, positions: &[usize]) -> Result<Tensor> {
+    let (b, t, h) = hidden.dims3()?;
+    let flat: Vec<u32> = positions.iter().enumerate().map(|(row, &p)| (row * t + p) as u32).collect();
+    let idx = Tensor::from_vec(flat, b, hidden.device())?;
+    hidden.reshape((b * t, h))?.index_select(&idx, 0)
+}

@@ -1,0 +1,169 @@
+//! `Qwen3ForSequenceClassification`: the Qwen3 decoder (per-head RMSNorm on q and k, explicit
+//! `head_dim`, GQA) plus the `score` head, evaluated at the pooled token. No KV cache.
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{embedding, linear_b, linear_no_bias, Embedding, Linear, VarBuilder};
+use serde::Deserialize;
+
+use super::layers::{attention, causal_mask, gather_rows, GatedMlp, RmsNorm, RopeParameters, RotaryEmbedding};
+use super::ModelBatch;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Qwen3Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    pub rope_theta: Option<f64>,
+    pub rope_scaling: Option<RopeParameters>,
+    pub rope_parameters: Option<RopeParameters>,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub use_sliding_window: bool,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+
+impl Qwen3Config {
+    pub fn head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    fn rope(&self) -> Result<RotaryEmbedding> {
+        let params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref());
+        let theta = self.rope_parameters.as_ref().and_then(|p| p.rope_theta).or(self.rope_theta).unwrap_or(1_000_000.0);
+        RotaryEmbedding::new(self.head_dim(), theta, params)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(cfg: &Qwen3Config, vb: VarBuilder) -> Result<Self> {
+        let (h, hd) = (cfg.hidden_size, cfg.head_dim());
+        let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
+        let bias = cfg.attention_bias;
+        Ok(Self {
+            q_proj: linear_b(h, heads * hd, bias, vb.pp("q_proj"))?,
+            k_proj: linear_b(h, kv_heads * hd, bias, vb.pp("k_proj"))?,
+            v_proj: linear_b(h, kv_heads * hd, bias, vb.pp("v_proj"))?,
+            o_proj: linear_b(heads * hd, h, bias, vb.pp("o_proj"))?,
+            q_norm: RmsNorm::load(hd, cfg.rms_norm_eps, vb.pp("q_norm"))?,
+            k_norm: RmsNorm::load(hd, cfg.rms_norm_eps, vb.pp("k_norm"))?,
+            heads,
+            kv_heads,
+            head_dim: hd,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = xs.dims3()?;
+        // Qwen3 normalises each head's q and k before the rotary embedding.
+        let q = self.q_norm.forward(&self.q_proj.forward(xs)?.reshape((b, t, self.heads, self.head_dim))?)?;
+        let k = self.k_norm.forward(&self.k_proj.forward(xs)?.reshape((b, t, self.kv_heads, self.head_dim))?)?;
+        let v = self.v_proj.forward(xs)?.reshape((b, t, self.kv_heads, self.head_dim))?;
+        let q = q.transpose(1, 2)?.contiguous()?;
+        let k = k.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let out = attention(&q, &k, &v, mask, 1.0 / (self.head_dim as f64).sqrt())?;
+        let out = out.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: GatedMlp,
+}
+
+impl DecoderLayer {
+    fn load(cfg: &Qwen3Config, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            input_layernorm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
+            self_attn: Attention::load(cfg, vb.pp("self_attn"))?,
+            post_attention_layernorm: RmsNorm::load(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                vb.pp("post_attention_layernorm"),
+            )?,
+            mlp: GatedMlp::load(cfg.hidden_size, cfg.intermediate_size, false, vb.pp("mlp"))?,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let h = self.self_attn.forward(&self.input_layernorm.forward(xs)?, cos, sin, mask)?;
+        let xs = (xs + h)?;
+        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&xs)?)?;
+        xs + h
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Qwen3ForSequenceClassification {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    score: Linear,
+    rope: RotaryEmbedding,
+}
+
+impl Qwen3ForSequenceClassification {
+    pub fn load(cfg: &Qwen3Config, vb: VarBuilder) -> Result<Self> {
+        if cfg.use_sliding_window {
+            candle_core::bail!("Qwen3 checkpoints with use_sliding_window=true are not supported");
+        }
+        let m = vb.pp("model");
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::load(cfg, m.pp(format!("layers.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            embed_tokens: embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?,
+            layers,
+            norm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?,
+            score: linear_no_bias(cfg.hidden_size, 1, vb.pp("score"))?,
+            rope: cfg.rope()?,
+        })
+    }
+
+    /// Raw score logits, one f32 per row of the batch.
+    pub fn forward(&self, batch: &ModelBatch) -> Result<Tensor> {
+        let (_, t) = batch.input_ids.dims2()?;
+        let mut xs = self.embed_tokens.forward(&batch.input_ids)?;
+        let (cos, sin) = self.rope.tables(t, xs.device(), xs.dtype())?;
+        let mask = causal_mask(t, xs.device(), xs.dtype())?;
+        for layer in &self.layers {
+            xs = layer.forward(&xs, &cos, &sin, &mask)?;
+        }
+        let pooled = gather_rows(&xs, &batch.pooled)?;
+        let logits = self.score.forward(&self.norm.forward(&pooled)?)?;
+        logits.squeeze(1)?.to_dtype(candle_core::DType::F32)
+    }
+}

@@ -1,0 +1,369 @@
+//! The `skyscore` binary end to end: formats, ids, order, config, stats, and clear errors
+//! (non-zero exit, the row/column/file named, never a panic) on bad input.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use datafusion::arrow::array::AsArray;
+use datafusion::arrow::datatypes::{Float32Type, Int64Type, UInt32Type};
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+fn skyscore(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_skyscore")).args(args).env_remove("HF_HUB_OFFLINE").output().expect("run skyscore")
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Fails the test unless the run failed cleanly with `needle` in its message.
+fn assert_clean_failure(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(err.contains(needle), "expected `{needle}` in: {err}");
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn tiny_llama() -> String {
+    model_dir("tiny-llama").to_str().unwrap().to_string()
+}
+
+/// Expected full-length scores of the sample rows, by id.
+fn expected_sample_scores(model: &str) -> std::collections::HashMap<i64, f64> {
+    expected(model, "full").into_iter().filter_map(|e| e.id.as_i64().map(|id| (id, e.score))).collect()
+}
+
+#[test]
+fn scores_sample_parquet_to_jsonl_in_input_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("scores.jsonl");
+    let stats = dir.path().join("stats.json");
+    let input = repo().join("sample_data/sft_sample.parquet");
+    let run = skyscore(&[
+        "score",
+        "--model",
+        &tiny_llama(),
+        "--input",
+        p(&input),
+        "--output",
+        p(&out),
+        "--stats-json",
+        p(&stats),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stderr(&run).contains("scored 320 rows"), "{}", stderr(&run));
+    let expected = expected_sample_scores("tiny-llama");
+    let lines: Vec<serde_json::Value> = read_jsonl(&out);
+    assert_eq!(lines.len(), 320);
+    for (i, line) in lines.iter().enumerate() {
+        let obj = line.as_object().unwrap();
+        assert_eq!(obj.len(), 2, "only id and score: {line}");
+        assert_eq!(obj["id"].as_i64(), Some(i as i64), "input order");
+        let score = obj["score"].as_f64().unwrap();
+        assert!((score - expected[&(i as i64)]).abs() <= 1e-4, "row {i}: {score} vs {}", expected[&(i as i64)]);
+    }
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    for key in ["rows", "model_rows", "tokens", "padded_tokens", "truncated_rows", "wall_s", "tokens_per_s"] {
+        assert!(stats.get(key).is_some(), "stats json lacks {key}: {stats}");
+    }
+    assert_eq!(stats["rows"], 320);
+    assert_eq!(stats["model_rows"], 320);
+    assert_eq!(stats["truncated_rows"], 0);
+    let tokens = stats["tokens"].as_u64().unwrap();
+    assert!(stats["padded_tokens"].as_u64().unwrap() >= tokens);
+    assert!(!dir.path().join("scores.jsonl.partial").exists());
+}
+
+#[test]
+fn jsonl_in_parquet_out_keeps_columns_and_flags_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("scored.parquet");
+    let input = repo().join("sample_data/sft_sample.jsonl");
+    let run = skyscore(&[
+        "score",
+        "--model",
+        &tiny_llama(),
+        "--input",
+        p(&input),
+        "--output",
+        p(&out),
+        "--keep-columns",
+        "--max-length",
+        "64",
+        "--batch-size",
+        "5",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let file = std::fs::File::open(&out).unwrap();
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    let kv = builder.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
+    assert!(kv.iter().any(|k| k.key == "skyscore.max_length" && k.value.as_deref() == Some("64")), "{kv:?}");
+    let batches: Vec<_> = builder.build().unwrap().collect::<Result<_, _>>().unwrap();
+    let batch = datafusion::arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+    // JSON schema inference orders the input columns by name; the added ones follow.
+    assert_eq!(names, ["id", "input", "instruction", "output", "source", "score", "num_tokens", "truncated"]);
+    assert_eq!(batch.num_rows(), 320);
+    let ids = batch.column_by_name("id").unwrap().as_primitive::<Int64Type>();
+    let tokens = batch.column_by_name("num_tokens").unwrap().as_primitive::<UInt32Type>();
+    let truncated = batch.column_by_name("truncated").unwrap().as_boolean();
+    let scores = batch.column_by_name("score").unwrap().as_primitive::<Float32Type>();
+    let expected: std::collections::HashMap<i64, f64> =
+        expected("tiny-llama", "right64").into_iter().filter_map(|e| e.id.as_i64().map(|id| (id, e.score))).collect();
+    let mut n_truncated = 0;
+    for i in 0..batch.num_rows() {
+        assert_eq!(ids.value(i), i as i64);
+        assert!(tokens.value(i) <= 64);
+        if truncated.value(i) {
+            n_truncated += 1;
+            assert_eq!(tokens.value(i), 64);
+        }
+        if let Some(exp) = expected.get(&(i as i64)) {
+            assert!((scores.value(i) as f64 - exp).abs() <= 1e-4, "row {i}");
+        }
+    }
+    assert!(n_truncated > 100, "most sample rows exceed 64 tokens ({n_truncated})");
+    assert!(stderr(&run).contains(&format!("{n_truncated} truncated")), "{}", stderr(&run));
+}
+
+#[test]
+fn json_array_with_string_ids_and_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(
+        dir.path(),
+        "rows.json",
+        r#"[{"key": "a", "instruction": "Say hi.", "output": "Hi!"},
+            {"key": "b", "instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"}]"#,
+    );
+    let config = write(
+        dir.path(),
+        "scorer.yaml",
+        &format!(
+            "name: SkyworkRewardScorer\nmodel: {}\nmax_length: 4096\nbatch_size: 16\n",
+            model_dir("tiny-qwen3").display()
+        ),
+    );
+    let out = dir.path().join("out.jsonl");
+    let run =
+        skyscore(&["score", "--config", p(&config), "--input", p(&input), "--output", p(&out), "--id-column", "key"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let lines: Vec<serde_json::Value> = read_jsonl(&out);
+    assert_eq!(lines[0]["id"], "a");
+    assert_eq!(lines[1]["id"], "b");
+    // The same rows are edge cases 0 and 2 of the parity fixtures.
+    let exp = expected("tiny-qwen3", "full");
+    let by_id = |id: &str| exp.iter().find(|e| e.id == id).unwrap().score;
+    assert!((lines[0]["score"].as_f64().unwrap() - by_id("edge-0")).abs() <= 1e-4);
+    assert!((lines[1]["score"].as_f64().unwrap() - by_id("edge-2")).abs() <= 1e-4);
+}
+
+#[test]
+fn null_instruction_is_an_error_naming_the_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(
+        dir.path(),
+        "rows.jsonl",
+        "{\"id\": 7, \"instruction\": \"ok\", \"output\": \"fine\"}\n{\"id\": 8, \"instruction\": null, \"output\": \"x\"}\n",
+    );
+    let out = dir.path().join("out.jsonl");
+    let run = skyscore(&["score", "--model", &tiny_llama(), "--input", p(&input), "--output", p(&out)]);
+    assert_clean_failure(&run, "row 1 (id 8): column `instruction` is NULL");
+    assert!(!out.exists(), "no output on failure");
+    assert!(!dir.path().join("out.jsonl.partial").exists(), "partial output removed");
+}
+
+#[test]
+fn skip_invalid_gives_null_scores_and_counts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(
+        dir.path(),
+        "rows.jsonl",
+        "{\"instruction\": \"ok\", \"input\": null, \"output\": \"fine\"}\n{\"instruction\": \"no output\", \"output\": null}\n",
+    );
+    let out = dir.path().join("out.jsonl");
+    let stats = dir.path().join("stats.json");
+    let run = skyscore(&[
+        "score",
+        "--model",
+        &tiny_llama(),
+        "--input",
+        p(&input),
+        "--output",
+        p(&out),
+        "--skip-invalid",
+        "--stats-json",
+        p(&stats),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let lines: Vec<serde_json::Value> = read_jsonl(&out);
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0]["score"].is_f64());
+    assert!(lines[1]["score"].is_null(), "{}", lines[1]);
+    assert_eq!(lines[1]["id"], 1);
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(stats["skipped_rows"], 1);
+    assert_eq!(stats["model_rows"], 1);
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let model = tiny_llama();
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (write(dir.path(), "missing.jsonl", "{\"instruction\": \"a\", \"answer\": \"b\"}\n"), "no column `output`"),
+        (
+            write(dir.path(), "types.jsonl", "{\"instruction\": 5, \"output\": \"b\"}\n"),
+            "column `instruction` has type Int64",
+        ),
+        (write(dir.path(), "broken.jsonl", "{\"instruction\": \"a\", \"output\": \n"), "broken.jsonl"),
+        (write(dir.path(), "notobjects.json", "[1, 2]"), "element 0 of the JSON array is not an object"),
+        (write(dir.path(), "garbage.parquet", "not parquet"), "garbage.parquet"),
+        (write(dir.path(), "table.csv", "a,b\n"), "unknown input format"),
+        (dir.path().join("absent.jsonl"), "absent.jsonl"),
+    ];
+    for (input, needle) in cases {
+        let run = skyscore(&["score", "--model", &model, "--input", p(&input), "--output", p(&out)]);
+        assert_clean_failure(&run, needle);
+    }
+    let good = write(dir.path(), "good.jsonl", "{\"instruction\": \"a\", \"output\": \"b\"}\n");
+    let run = skyscore(&["score", "--model", &model, "--input", p(&good), "--output", p(&dir.path().join("o.txt"))]);
+    assert_clean_failure(&run, "unknown output format");
+    let run = skyscore(&["score", "--model", &model, "--input", p(&good), "--output", p(&out), "--device", "tpu"]);
+    assert_clean_failure(&run, "unknown device `tpu`");
+    let run = skyscore(&["score", "--model", &model, "--input", p(&good), "--output", p(&out), "--dtype", "f8"]);
+    assert_clean_failure(&run, "unknown dtype `f8`");
+}
+
+/// Copies a fixture checkpoint so a test can break it.
+fn copy_model(name: &str, to: &Path) -> PathBuf {
+    let dst = to.join(name);
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(model_dir(name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+    }
+    dst
+}
+
+fn edit_json(path: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(path, serde_json::to_string(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn broken_checkpoints_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(dir.path(), "rows.jsonl", "{\"instruction\": \"a\", \"output\": \"b\"}\n");
+    let out = dir.path().join("out.jsonl");
+    let run_with = |model: &Path| skyscore(&["score", "--model", p(model), "--input", p(&input), "--output", p(&out)]);
+
+    let m = copy_model("tiny-qwen3", &dir.path().join("arch"));
+    edit_json(&m.join("config.json"), |c| c["architectures"] = serde_json::json!(["BertForSequenceClassification"]));
+    assert_clean_failure(&run_with(&m), "LlamaForSequenceClassification, Qwen3ForSequenceClassification");
+
+    let m = copy_model("tiny-qwen3", &dir.path().join("labels"));
+    edit_json(&m.join("config.json"), |c| {
+        c["id2label"] = serde_json::json!({"0": "A", "1": "B"});
+    });
+    assert_clean_failure(&run_with(&m), "num_labels is 2");
+
+    let m = copy_model("tiny-qwen3", &dir.path().join("vocab"));
+    edit_json(&m.join("config.json"), |c| c["vocab_size"] = serde_json::json!(100));
+    assert_clean_failure(&run_with(&m), "the model's embedding has only 100 rows");
+
+    let m = copy_model("tiny-qwen3", &dir.path().join("noweights"));
+    std::fs::remove_file(m.join("model.safetensors")).unwrap();
+    assert_clean_failure(&run_with(&m), "neither model.safetensors nor model.safetensors.index.json");
+
+    let m = copy_model("tiny-llama", &dir.path().join("shard"));
+    std::fs::remove_file(m.join("model-00002-of-00003.safetensors")).unwrap();
+    assert_clean_failure(&run_with(&m), "model-00002-of-00003.safetensors");
+
+    let m = copy_model("tiny-qwen3", &dir.path().join("truncweights"));
+    std::fs::write(m.join("model.safetensors"), b"\x02\x00\x00\x00\x00\x00\x00\x00{}").unwrap();
+    assert_clean_failure(&run_with(&m), "loading Qwen3ForSequenceClassification weights");
+
+    let m = copy_model("tiny-qwen3", &dir.path().join("badheader"));
+    std::fs::write(m.join("model.safetensors"), b"\x08\x00\x00\x00\x00\x00\x00\x00{}").unwrap();
+    assert_clean_failure(&run_with(&m), "reading weights of");
+
+    let m = copy_model("tiny-qwen3", &dir.path().join("badjson"));
+    std::fs::write(m.join("config.json"), "{ not json").unwrap();
+    assert_clean_failure(&run_with(&m), "config.json is not valid JSON");
+
+    let m = copy_model("tiny-qwen3", &dir.path().join("notok"));
+    std::fs::remove_file(m.join("tokenizer.json")).unwrap();
+    assert_clean_failure(&run_with(&m), "has no tokenizer.json");
+
+    assert_clean_failure(&run_with(&dir.path().join("nothing-here")), "neither an existing directory nor a hub id");
+}
+
+/// A hub id resolves through a Hugging Face cache laid out as huggingface_hub lays it out
+/// (blobs + snapshots + refs), offline, by branch and by commit; a missing repo names the cache.
+#[test]
+fn hub_ids_resolve_offline_from_the_cache() {
+    let hf_home = tempfile::tempdir().unwrap();
+    let repo_dir = hf_home.path().join("hub/models--Skywork--tiny-reward");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let snapshot = repo_dir.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo_dir.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    std::fs::write(repo_dir.join("refs/main"), commit).unwrap();
+    for entry in std::fs::read_dir(model_dir("tiny-llama")).unwrap() {
+        let entry = entry.unwrap();
+        let blob = repo_dir.join("blobs").join(format!("blob-{}", entry.file_name().to_string_lossy()));
+        std::fs::copy(entry.path(), &blob).unwrap();
+        std::os::unix::fs::symlink(&blob, snapshot.join(entry.file_name())).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = repo().join("sample_data/sft_sample.parquet");
+    let expected = expected_sample_scores("tiny-llama");
+    for spec in ["Skywork/tiny-reward", &format!("Skywork/tiny-reward@{commit}")] {
+        let out = dir.path().join("out.jsonl");
+        let run = Command::new(env!("CARGO_BIN_EXE_skyscore"))
+            .args(["score", "--model", spec, "--input", p(&input), "--output", p(&out)])
+            .env("HF_HOME", hf_home.path())
+            .env_remove("HF_HUB_CACHE")
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{spec}: {}", stderr(&run));
+        let lines: Vec<serde_json::Value> = read_jsonl(&out);
+        assert_eq!(lines.len(), 320);
+        assert!((lines[5]["score"].as_f64().unwrap() - expected[&5]).abs() <= 1e-4);
+    }
+    let run = Command::new(env!("CARGO_BIN_EXE_skyscore"))
+        .args(["score", "--model", "Skywork/absent", "--input", p(&input), "--output", p(&dir.path().join("x.jsonl"))])
+        .env("HF_HOME", hf_home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert_clean_failure(&run, "is not in the Hugging Face cache");
+}
+
+#[test]
+fn help_explains_the_command() {
+    let run = skyscore(&["score", "--help"]);
+    assert!(run.status.success());
+    let help = String::from_utf8_lossy(&run.stdout);
+    for needle in ["--keep-columns", "--skip-invalid", "HF_HUB_OFFLINE", "--max-length", "--stats-json"] {
+        assert!(help.contains(needle), "help lacks {needle}");
+    }
+}

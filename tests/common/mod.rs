@@ -1,0 +1,56 @@
+//! Helpers shared by the integration tests: paths of the shipped fixtures and readers for
+//! the expected scores that tests/reference/make_fixtures.py computed with transformers.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn model_dir(name: &str) -> PathBuf {
+    repo().join("sample_data/models").join(name)
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(rel)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Row {
+    pub id: serde_json::Value,
+    pub instruction: String,
+    pub input: Option<String>,
+    pub output: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Expected {
+    pub id: serde_json::Value,
+    pub score: f64,
+    pub num_tokens: usize,
+    pub truncated: bool,
+    pub input_ids: Vec<u32>,
+    pub text: String,
+}
+
+pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Vec<T> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+pub fn parity_rows() -> Vec<Row> {
+    read_jsonl(&fixture("parity_rows.jsonl"))
+}
+
+pub fn expected(model: &str, case: &str) -> Vec<Expected> {
+    read_jsonl(&fixture(&format!("expected/{model}.{case}.jsonl")))
+}
+
+pub const MODELS: [&str; 2] = ["tiny-llama", "tiny-qwen3"];
