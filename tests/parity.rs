@@ -133,3 +133,22 @@ fn real_templates_render_like_transformers() {
         }
     }
 }
+
+/// Half-precision weights run the same path; scores stay within half-precision noise of
+/// transformers' f32 scores.
+#[test]
+fn half_precision_scores_stay_close() {
+    let rows = parity_rows();
+    let rows = &rows[..40];
+    let reqs = requests(rows);
+    let expected = expected("tiny-qwen3", "full");
+    for (dtype, bound) in [("f16", 1e-2), ("bf16", 1e-1)] {
+        let opts = EngineOptions { dtype: Some(dtype.into()), ..Default::default() };
+        let engine = Engine::load(model_dir("tiny-qwen3").to_str().unwrap(), &opts).unwrap();
+        let scores = engine.score_requests(&reqs).unwrap();
+        let max_delta = scores.iter().zip(&expected).map(|(s, e)| (*s as f64 - e.score).abs()).fold(0.0, f64::max);
+        eprintln!("tiny-qwen3 {dtype}: max |Δ| vs transformers f32 = {max_delta:.3e}");
+        assert!(max_delta <= bound, "{dtype}: max |Δ| {max_delta}");
+        assert!(max_delta > 0.0, "{dtype}: weights really were converted");
+    }
+}

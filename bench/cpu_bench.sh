@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Side by side on one machine: skyscore vs the Python reference (transformers, batches of 16,
+# input order and length-sorted) on the same model and rows. Prints and records tokens/s.
+#
+#   bench/cpu_bench.sh [SKYSCORE_BINARY] [PYTHON]
+#
+# Needs the Python environment of tests/reference/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN="${1:-/var/tmp/skyscore-target-release/release/skyscore}"
+PY="${2:-/var/tmp/skyscore-py/venv/bin/python}"
+WORK=/var/tmp/skyscore-bench
+ROWS="${ROWS:-128}"
+mkdir -p "$WORK" bench/results
+[ -f "$WORK/llama-bench/config.json" ] || "$PY" bench/make_bench_model.py --out "$WORK/llama-bench"
+head -n "$ROWS" sample_data/sft_sample.jsonl > "$WORK/rows.jsonl"
+
+run() { # name, command...
+  local name=$1; shift
+  local t0=$(date +%s.%N)
+  "$@" 2> "$WORK/$name.err" >/dev/null
+  local t1=$(date +%s.%N)
+  echo "$name $(echo "$t1 - $t0" | bc)"
+}
+
+for model in sample_data/models/tiny-llama "$WORK/llama-bench"; do
+  tag=$(basename "$model")
+  echo "== $tag, $ROWS rows, $(nproc) cores"
+  run "skyscore-$tag" "$BIN" score --model "$model" --input "$WORK/rows.jsonl" --output "$WORK/sky-$tag.jsonl" \
+    --stats-json "$WORK/sky-$tag.stats.json" --no-progress
+  run "python-input-order-$tag" "$PY" tests/reference/reference_score.py --model "$model" \
+    --input "$WORK/rows.jsonl" --output "$WORK/py-$tag.jsonl"
+  run "python-sorted-$tag" "$PY" tests/reference/reference_score.py --model "$model" \
+    --input "$WORK/rows.jsonl" --output "$WORK/pys-$tag.jsonl" --sort-by-length
+  "$PY" - "$WORK" "$tag" <<'PYEOF'
+import json, sys
+work, tag = sys.argv[1], sys.argv[2]
+sky = json.load(open(f"{work}/sky-{tag}.stats.json"))
+py = json.loads(open(f"{work}/python-input-order-{tag}.err").read().strip().splitlines()[-1])
+pys = json.loads(open(f"{work}/python-sorted-{tag}.err").read().strip().splitlines()[-1])
+a = [json.loads(l)["score"] for l in open(f"{work}/sky-{tag}.jsonl")]
+b = [json.loads(l)["score"] for l in open(f"{work}/py-{tag}.jsonl")]
+delta = max(abs(x - y) for x, y in zip(a, b))
+res = {"model": tag, "rows": sky["rows"], "tokens": sky["tokens"],
+       "skyscore_tokens_per_s": round(sky["tokens_per_s"]), "skyscore_wall_s": round(sky["wall_s"], 2),
+       "python_input_order_tokens_per_s": round(py["tokens_per_s"]), "python_input_order_wall_s": round(py["wall_s"], 2),
+       "python_sorted_tokens_per_s": round(pys["tokens_per_s"]), "python_sorted_wall_s": round(pys["wall_s"], 2),
+       "ratio_vs_input_order": round(sky["tokens_per_s"] / py["tokens_per_s"], 2),
+       "ratio_vs_sorted": round(sky["tokens_per_s"] / pys["tokens_per_s"], 2),
+       "max_abs_delta": delta}
+print(json.dumps(res, indent=1))
+json.dump(res, open(f"bench/results/cpu-{tag}.json", "w"), indent=1)
+PYEOF
+done
