@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use rayon::prelude::*;
-use skyscore_udf::ScoreRequest;
+use skyscore_udf::{ChatTurn, ScoreRequest};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::template::{ChatTemplate, Message, TemplateError};
@@ -105,7 +105,11 @@ impl PromptEncoder {
 
     /// The text that gets tokenized for `row`.
     pub fn render(&self, row: &ScoreRequest<'_>) -> Result<String, TemplateError> {
-        let messages = [Message::new("user", row.user_prompt()), Message::new("assistant", row.output)];
+        self.render_conversation(&row.conversation())
+    }
+
+    pub fn render_conversation(&self, turns: &[ChatTurn<'_>]) -> Result<String, TemplateError> {
+        let messages: Vec<Message> = turns.iter().map(|t| Message::new(&t.role, t.content.as_ref())).collect();
         self.render_messages(&messages)
     }
 
@@ -121,7 +125,11 @@ impl PromptEncoder {
     }
 
     pub fn encode(&self, row: &ScoreRequest<'_>) -> Result<Encoded, EncodeError> {
-        let text = self.render(row)?;
+        self.encode_conversation(&row.conversation())
+    }
+
+    pub fn encode_conversation(&self, turns: &[ChatTurn<'_>]) -> Result<Encoded, EncodeError> {
+        let text = self.render_conversation(turns)?;
         self.encode_text(&text)
     }
 

@@ -4,7 +4,8 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use skyscore_udf::{ScoreRequest, Scorer, ScorerError};
+use rayon::prelude::*;
+use skyscore_udf::{Conversation, ScoreRequest, ScoreStats, Scored, Scorer, ScorerError};
 
 use crate::batching::{plan_batches, BatchLimits};
 use crate::checkpoint::Checkpoint;
@@ -69,24 +70,6 @@ impl Default for EngineOptions {
     }
 }
 
-/// Counters of one `score_encoded` call.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ForwardStats {
-    pub rows: usize,
-    pub tokens: usize,
-    pub padded_tokens: usize,
-    pub batches: usize,
-}
-
-impl std::ops::AddAssign for ForwardStats {
-    fn add_assign(&mut self, o: Self) {
-        self.rows += o.rows;
-        self.tokens += o.tokens;
-        self.padded_tokens += o.padded_tokens;
-        self.batches += o.batches;
-    }
-}
-
 pub struct Engine {
     checkpoint: Checkpoint,
     model: RewardModel,
@@ -95,6 +78,7 @@ pub struct Engine {
     device: Device,
     dtype: DType,
     limits: BatchLimits,
+    options: EngineOptions,
 }
 
 impl Engine {
@@ -166,6 +150,7 @@ impl Engine {
             device,
             dtype,
             limits: BatchLimits { max_rows: opts.batch_size, max_tokens },
+            options: opts.clone(),
         })
     }
 
@@ -185,49 +170,85 @@ impl Engine {
         self.limits
     }
 
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
     /// Scores tokenized rows; `on_batch(rows, tokens)` is called after each device batch.
     /// Scores come back in the order of `rows`, each independent of its batch mates.
-    pub fn score_encoded(
-        &self,
-        rows: &[&[u32]],
-        mut on_batch: impl FnMut(usize, usize),
-    ) -> Result<(Vec<f32>, ForwardStats)> {
-        let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
+    pub fn score_encoded(&self, rows: &[&Encoded], mut on_batch: impl FnMut(usize, usize)) -> Result<Scored> {
+        let lengths: Vec<usize> = rows.iter().map(|r| r.ids.len()).collect();
         if let Some(i) = lengths.iter().position(|&l| l == 0) {
             bail!("row {i} has no tokens");
         }
         let mut scores = vec![0f32; rows.len()];
-        let mut stats = ForwardStats::default();
+        let mut stats =
+            ScoreStats { truncated_rows: rows.iter().filter(|r| r.truncated).count(), ..Default::default() };
         for batch_rows in plan_batches(&lengths, self.limits) {
-            let ids: Vec<&[u32]> = batch_rows.iter().map(|&i| rows[i]).collect();
+            let ids: Vec<&[u32]> = batch_rows.iter().map(|&i| rows[i].ids.as_slice()).collect();
             let batch = ModelBatch::padded(&ids, self.pad_token_id, &self.device)?;
             let logits: Vec<f32> = self.model.forward(&batch)?.to_vec1()?;
             let tokens: usize = ids.iter().map(|r| r.len()).sum();
-            stats += ForwardStats { rows: ids.len(), tokens, padded_tokens: batch.padded_tokens(), batches: 1 };
+            stats += ScoreStats {
+                rows: ids.len(),
+                tokens,
+                padded_tokens: batch.padded_tokens(),
+                truncated_rows: 0,
+                batches: 1,
+            };
             for (&row, score) in batch_rows.iter().zip(logits) {
                 scores[row] = score;
             }
             on_batch(ids.len(), tokens);
         }
-        Ok((scores, stats))
+        Ok(Scored { scores, stats })
     }
 
-    /// Encodes and scores rows (the whole pipeline for callers that hold requests).
+    /// Encodes and scores SFT rows (the whole pipeline, for callers that hold requests).
     pub fn score_requests(&self, rows: &[ScoreRequest<'_>]) -> Result<Vec<f32>> {
-        let encoded = self
-            .encoder
-            .encode_all(rows)
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| e.with_context(|| format!("row {i}")))
-            .collect::<Result<Vec<Encoded>>>()?;
-        let ids: Vec<&[u32]> = encoded.iter().map(|e| e.ids.as_slice()).collect();
-        Ok(self.score_encoded(&ids, |_, _| {})?.0)
+        let conversations: Vec<Conversation<'_>> = rows.iter().map(|r| r.conversation()).collect();
+        Ok(Scorer::score(self, &conversations)?.scores)
+    }
+
+    /// What a score depends on besides the conversation.
+    pub fn metadata(&self) -> Vec<(String, String)> {
+        let c = &self.checkpoint;
+        vec![
+            ("skyscore.version".into(), env!("CARGO_PKG_VERSION").into()),
+            ("skyscore.model".into(), c.model_id.clone()),
+            ("skyscore.revision".into(), c.revision.clone().unwrap_or_default()),
+            ("skyscore.architecture".into(), c.arch.name().into()),
+            ("skyscore.template_sha256".into(), self.encoder.template().sha256().into()),
+            ("skyscore.max_length".into(), self.options.max_length.to_string()),
+            ("skyscore.truncation_side".into(), self.options.truncation_side.as_str().into()),
+            ("skyscore.dtype".into(), format!("{:?}", self.dtype).to_lowercase()),
+        ]
     }
 }
 
 impl Scorer for Engine {
-    fn score(&self, rows: &[ScoreRequest<'_>]) -> Result<Vec<f32>, ScorerError> {
-        self.score_requests(rows).map_err(|e| ScorerError::Engine(format!("{e:#}")))
+    fn score(&self, conversations: &[Conversation<'_>]) -> Result<Scored, ScorerError> {
+        let encoded: Vec<Encoded> = conversations
+            .par_iter()
+            .enumerate()
+            .map(|(row, c)| {
+                self.encoder.encode_conversation(c).map_err(|e| ScorerError::Row { row, reason: e.to_string() })
+            })
+            .collect::<Result<_, _>>()?;
+        let refs: Vec<&Encoded> = encoded.iter().collect();
+        self.score_encoded(&refs, |_, _| {}).map_err(|e| ScorerError::Engine(format!("{e:#}")))
+    }
+
+    fn fingerprint(&self) -> String {
+        self.metadata()
+            .into_iter()
+            .filter(|(k, _)| k != "skyscore.version")
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    fn metadata(&self) -> Vec<(String, String)> {
+        Engine::metadata(self)
     }
 }

@@ -1,7 +1,9 @@
 //! The `skyscore` command line.
 
+pub mod engine_args;
 mod progress;
 pub mod score;
+pub mod sql;
 pub mod summary;
 
 use std::process::ExitCode;
@@ -28,6 +30,9 @@ pub struct Cli {
 pub enum Command {
     /// Score an SFT table (JSONL, JSON array or Parquet) and write {"id", "score"} rows.
     Score(score::ScoreArgs),
+    /// Run SQL over Parquet/CSV/JSON tables with skywork_score(instruction, [input,] output)
+    /// and skywork_score_chat(messages); without a query, an interactive shell.
+    Sql(sql::SqlArgs),
 }
 
 fn init_tracing(verbose: u8) {
@@ -46,6 +51,7 @@ pub fn main() -> ExitCode {
     init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Score(args) => score::run(args),
+        Command::Sql(args) => sql::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,11 +11,10 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use skyscore_udf::ScoreRequest;
 
+use super::engine_args::EngineArgs;
 use super::progress::Progress;
 use super::summary::RunSummary;
-use crate::config::ScorerConfig;
-use crate::encode::TruncationSide;
-use crate::engine::{DeviceSpec, Engine, EngineOptions};
+use crate::engine::Engine;
 use crate::io::{open_input, ColumnNames, OutputWriter, SftColumns};
 
 #[derive(Debug, Args)]
@@ -34,26 +33,8 @@ pub struct ScoreArgs {
     /// Output file: .jsonl, .json or .parquet. Rows come out in input order.
     #[arg(long, short)]
     pub output: PathBuf,
-    /// Scorer config (YAML: name, model, max_length, batch_size, ...).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Checkpoint directory, or hub id owner/name[@revision].
-    /// [default: Skywork/Skywork-Reward-V2-Llama-3.1-8B-40M]
-    #[arg(long)]
-    pub model: Option<String>,
-    /// Longest prompt in tokens; longer rows are truncated, counted and flagged. [default: 4096]
-    #[arg(long)]
-    pub max_length: Option<usize>,
-    /// Which end of an over-long row to keep: right keeps the first tokens (as transformers
-    /// does), left keeps the last. [default: right]
-    #[arg(long, value_enum)]
-    pub truncation_side: Option<TruncationSide>,
-    /// Most rows per forward pass. [default: 16]
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Most padded tokens per forward pass. [default: 8192 on CPU, 65536 on GPU]
-    #[arg(long)]
-    pub max_batch_tokens: Option<usize>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// Column holding the row id [default: `id` when present, else the row index].
     #[arg(long)]
     pub id_column: Option<String>,
@@ -71,12 +52,6 @@ pub struct ScoreArgs {
     /// instead of failing.
     #[arg(long)]
     pub skip_invalid: bool,
-    /// cpu, cuda or cuda:N. [default: cpu]
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Weight and compute dtype: f32, f16 or bf16. [default: f32 on CPU, bf16 on CUDA]
-    #[arg(long)]
-    pub dtype: Option<String>,
     /// Rows read, tokenized and length-sorted together.
     #[arg(long, default_value_t = 1024)]
     pub window: usize,
@@ -88,39 +63,9 @@ pub struct ScoreArgs {
     pub no_progress: bool,
 }
 
-struct Resolved {
-    model: String,
-    engine: EngineOptions,
-}
-
-fn resolve(args: &ScoreArgs) -> Result<Resolved> {
-    let cfg = match &args.config {
-        Some(path) => ScorerConfig::load(path)?,
-        None => ScorerConfig::default(),
-    };
-    let device: DeviceSpec = args
-        .device
-        .clone()
-        .or(cfg.device.clone())
-        .unwrap_or_else(|| "cpu".into())
-        .parse()
-        .map_err(anyhow::Error::msg)?;
-    Ok(Resolved {
-        model: args.model.clone().unwrap_or(cfg.model),
-        engine: EngineOptions {
-            max_length: args.max_length.unwrap_or(cfg.max_length),
-            truncation_side: args.truncation_side.unwrap_or(cfg.truncation_side),
-            batch_size: args.batch_size.unwrap_or(cfg.batch_size),
-            max_batch_tokens: args.max_batch_tokens.or(cfg.max_batch_tokens),
-            device,
-            dtype: args.dtype.clone().or(cfg.dtype),
-        },
-    })
-}
-
 pub fn run(args: ScoreArgs) -> Result<()> {
     let started = Instant::now();
-    let resolved = resolve(&args)?;
+    let resolved = args.engine.resolve()?;
     let names = ColumnNames {
         instruction: args.instruction_column.clone(),
         input: args.input_column.clone(),
@@ -133,23 +78,14 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     let id_column = names.id_column(&input.schema).map(str::to_string);
     let out_schema = output_schema(&input.schema, id_column.as_deref(), args.keep_columns)?;
 
-    let engine = Engine::load(&resolved.model, &resolved.engine)?;
-    let ckpt = engine.checkpoint();
-    let metadata = vec![
-        ("skyscore.version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
-        ("skyscore.model".to_string(), ckpt.model_id.clone()),
-        ("skyscore.revision".to_string(), ckpt.revision.clone().unwrap_or_default()),
-        ("skyscore.template_sha256".to_string(), engine.encoder().template().sha256().to_string()),
-        ("skyscore.max_length".to_string(), resolved.engine.max_length.to_string()),
-        ("skyscore.truncation_side".to_string(), resolved.engine.truncation_side.as_str().to_string()),
-    ];
-    let mut writer = OutputWriter::create(&args.output, out_schema.clone(), metadata)?;
+    let engine = Engine::load(&resolved.model, &resolved.options)?;
+    let mut writer = OutputWriter::create(&args.output, out_schema.clone(), engine.metadata())?;
     let mut summary = RunSummary {
         model: resolved.model.clone(),
-        device: resolved.engine.device.to_string(),
+        device: resolved.options.device.to_string(),
         dtype: format!("{:?}", engine.dtype()).to_lowercase(),
-        max_length: resolved.engine.max_length,
-        batch_size: resolved.engine.batch_size,
+        max_length: resolved.options.max_length,
+        batch_size: resolved.options.batch_size,
         ..Default::default()
     };
     let mut progress = Progress::new(input.num_rows, !args.no_progress);
@@ -245,8 +181,10 @@ fn score_batch(
         }
     }
     progress.advance(skipped, 0);
-    let ids: Vec<&[u32]> = valid.iter().map(|(_, e)| e.ids.as_slice()).collect();
-    let (scores, stats) = engine.score_encoded(&ids, |rows, tokens| progress.advance(rows, tokens))?;
+    let refs: Vec<&crate::encode::Encoded> = valid.iter().map(|(_, e)| e).collect();
+    let scored = engine.score_encoded(&refs, |rows, tokens| progress.advance(rows, tokens))?;
+    let stats = scored.stats;
+    let scores = scored.scores;
 
     let mut out = Scored { score: vec![None; n], num_tokens: vec![None; n], truncated: vec![None; n] };
     for ((row, enc), score) in valid.iter().zip(scores) {
@@ -259,7 +197,7 @@ fn score_batch(
     summary.padded_tokens += stats.padded_tokens;
     summary.batches += stats.batches;
     summary.skipped_rows += skipped;
-    summary.truncated_rows += valid.iter().filter(|(_, e)| e.truncated).count();
+    summary.truncated_rows += stats.truncated_rows;
     Ok(out)
 }
 

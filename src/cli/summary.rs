@@ -12,6 +12,8 @@ pub struct RunSummary {
     pub rows: usize,
     /// Rows the model actually ran.
     pub model_rows: usize,
+    /// Rows answered from the score cache (`skyscore sql`: repeated evaluations and duplicates).
+    pub cache_hits: usize,
     /// Rows given a null score because they were invalid (`--skip-invalid`).
     pub skipped_rows: usize,
     /// Tokens fed to the model (after truncation, without padding).
@@ -22,6 +24,8 @@ pub struct RunSummary {
     pub batches: usize,
     pub wall_s: f64,
     pub tokens_per_s: f64,
+    /// Seconds spent inside the model's scoring calls.
+    pub model_s: f64,
     pub model: String,
     pub device: String,
     pub dtype: String,
@@ -36,6 +40,21 @@ impl RunSummary {
             self.rows,
             self.model_rows,
             self.skipped_rows,
+            self.tokens,
+            self.padded_tokens,
+            self.truncated_rows,
+            self.wall_s,
+            self.tokens_per_s
+        )
+    }
+
+    /// The summary of `skyscore sql`, where `rows` counts every evaluation of the UDFs.
+    pub fn sql_line(&self) -> String {
+        format!(
+            "skywork_score: {} rows evaluated, {} scored by the model, {} from cache · {} tokens ({} padded) · {} truncated · {:.2} s · {:.0} tokens/s",
+            self.rows,
+            self.model_rows,
+            self.cache_hits,
             self.tokens,
             self.padded_tokens,
             self.truncated_rows,

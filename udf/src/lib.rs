@@ -1,7 +1,49 @@
-//! The DataFusion side of skyscore: the `skywork_score` scalar UDF, its argument handling and
-//! the batching of record batches toward a scorer. This crate knows the [`Scorer`] trait, not
-//! the model behind it.
+//! The DataFusion side of skyscore: the `skywork_score` and `skywork_score_chat` scalar UDFs,
+//! their argument handling, and the batching of record batches toward a scorer. This crate
+//! knows the [`Scorer`] trait, not the model behind it.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # fn demo(scorer: Arc<dyn skyscore_udf::Scorer>) {
+//! let ctx = datafusion::prelude::SessionContext::new();
+//! let service = skyscore_udf::register(&ctx, skyscore_udf::ScoringService::new(scorer));
+//! // ctx.sql("SELECT skywork_score(instruction, input, output) FROM sft") ...
+//! # let _ = service;
+//! # }
+//! ```
 
+pub mod args;
+pub mod cache;
+pub mod plan;
 pub mod scorer;
+pub mod service;
+pub mod session;
+pub mod skywork_score;
+pub mod skywork_score_chat;
 
-pub use scorer::{ScoreRequest, Scorer, ScorerError};
+use std::sync::Arc;
+
+use datafusion::logical_expr::ScalarUDF;
+use datafusion::prelude::SessionContext;
+
+pub use scorer::{ChatTurn, Conversation, ScoreRequest, ScoreStats, Scored, Scorer, ScorerError};
+pub use service::{ScorerLoader, ScoringService, ServiceStats};
+pub use session::{new_session, register_table, set_parquet_metadata};
+pub use skywork_score::SkyworkScore;
+pub use skywork_score_chat::SkyworkScoreChat;
+
+/// The UDFs over one service (one model for the whole process).
+pub fn udfs(service: &Arc<ScoringService>) -> Vec<ScalarUDF> {
+    vec![
+        ScalarUDF::new_from_impl(SkyworkScore::new(service.clone())),
+        ScalarUDF::new_from_impl(SkyworkScoreChat::new(service.clone())),
+    ]
+}
+
+/// Registers `skywork_score` and `skywork_score_chat` on `ctx`; returns the service for stats.
+pub fn register(ctx: &SessionContext, service: Arc<ScoringService>) -> Arc<ScoringService> {
+    for udf in udfs(&service) {
+        ctx.register_udf(udf);
+    }
+    service
+}

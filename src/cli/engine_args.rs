@@ -1,0 +1,74 @@
+//! Model flags shared by `skyscore score` and `skyscore sql`, merged over the YAML config.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::config::ScorerConfig;
+use crate::encode::TruncationSide;
+use crate::engine::{DeviceSpec, EngineOptions};
+
+#[derive(Debug, Clone, Args)]
+pub struct EngineArgs {
+    /// Scorer config (YAML: name, model, max_length, batch_size, ...). Flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Checkpoint directory, or hub id owner/name[@revision].
+    /// [default: Skywork/Skywork-Reward-V2-Llama-3.1-8B-40M]
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Longest prompt in tokens; longer rows are truncated, counted and flagged. [default: 4096]
+    #[arg(long)]
+    pub max_length: Option<usize>,
+    /// Which end of an over-long row to keep: right keeps the first tokens (as transformers
+    /// does), left keeps the last. [default: right]
+    #[arg(long, value_enum)]
+    pub truncation_side: Option<TruncationSide>,
+    /// Most rows per forward pass. [default: 16]
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Most padded tokens per forward pass. [default: 8192 on CPU, 65536 on GPU]
+    #[arg(long)]
+    pub max_batch_tokens: Option<usize>,
+    /// cpu, cuda or cuda:N. [default: cpu]
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Weight and compute dtype: f32, f16 or bf16. [default: f32 on CPU, bf16 on CUDA]
+    #[arg(long)]
+    pub dtype: Option<String>,
+}
+
+/// The model to load and how to run it.
+#[derive(Debug, Clone)]
+pub struct ResolvedEngine {
+    pub model: String,
+    pub options: EngineOptions,
+}
+
+impl EngineArgs {
+    pub fn resolve(&self) -> Result<ResolvedEngine> {
+        let cfg = match &self.config {
+            Some(path) => ScorerConfig::load(path)?,
+            None => ScorerConfig::default(),
+        };
+        let device: DeviceSpec = self
+            .device
+            .clone()
+            .or(cfg.device.clone())
+            .unwrap_or_else(|| "cpu".into())
+            .parse()
+            .map_err(anyhow::Error::msg)?;
+        Ok(ResolvedEngine {
+            model: self.model.clone().unwrap_or(cfg.model),
+            options: EngineOptions {
+                max_length: self.max_length.unwrap_or(cfg.max_length),
+                truncation_side: self.truncation_side.unwrap_or(cfg.truncation_side),
+                batch_size: self.batch_size.unwrap_or(cfg.batch_size),
+                max_batch_tokens: self.max_batch_tokens.or(cfg.max_batch_tokens),
+                device,
+                dtype: self.dtype.clone().or(cfg.dtype),
+            },
+        })
+    }
+}

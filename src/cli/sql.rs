@@ -1,0 +1,227 @@
+//! `skyscore sql`: SQL over Parquet/CSV/JSON tables with `skywork_score` available, as one
+//! query, a file of statements, or an interactive shell (datafusion-cli's).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::prelude::SessionContext;
+use datafusion_cli::exec::{exec_from_commands, exec_from_repl};
+use datafusion_cli::object_storage::instrumented::InstrumentedObjectStoreRegistry;
+use datafusion_cli::print_format::PrintFormat;
+use datafusion_cli::print_options::{MaxRows, PrintOptions};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use skyscore_udf::{new_session, register_table, set_parquet_metadata, Scorer, ScoringService};
+
+use super::engine_args::EngineArgs;
+use super::summary::RunSummary;
+use crate::engine::Engine;
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  skyscore sql --model sample_data/models/tiny-llama -t sft=sample_data/sft_sample.parquet \\
+    \"SELECT id, skywork_score(instruction, input, output) AS s FROM sft ORDER BY s DESC LIMIT 10\"
+  skyscore sql --model M -t sft=sft.parquet \\
+    \"COPY (SELECT *, skywork_score(instruction, input, output) AS score FROM sft) TO 'scored.parquet'\"
+  skyscore sql --model M -t sft=sft.parquet     # interactive shell
+
+Functions: skywork_score(instruction, [input,] output) and skywork_score_chat(messages).
+The model loads only when a statement calls them; each distinct row is scored once per session.")]
+pub struct SqlArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Register a table: NAME=PATH, a .parquet/.csv/.json/.jsonl file or a directory of them.
+    #[arg(short = 't', long = "table", value_name = "NAME=PATH")]
+    pub tables: Vec<String>,
+    /// SQL to run (one or more statements separated by `;`). Without it (and without -f),
+    /// an interactive shell starts.
+    pub query: Option<String>,
+    /// Run the statements in this file.
+    #[arg(short = 'f', long = "file", conflicts_with = "query")]
+    pub file: Option<PathBuf>,
+    /// Write the result of the (single) query to this file (.parquet, .csv, .json/.jsonl)
+    /// instead of printing it; results stream, nothing is held in memory.
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// How printed results look: table, csv, tsv, json, ndjson, automatic.
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: PrintFormat,
+    /// Most rows printed per result (`0` or `inf` for all).
+    #[arg(long, default_value = "40")]
+    pub maxrows: MaxRows,
+    /// DataFusion partitions (parallel streams of record batches). [default: CPU cores]
+    #[arg(long)]
+    pub partitions: Option<usize>,
+    /// Bound of the score cache, in distinct rows (about 40 bytes each).
+    #[arg(long, default_value_t = skyscore_udf::service::DEFAULT_CACHE_ENTRIES)]
+    pub cache_entries: usize,
+    /// Write the end-of-run figures as JSON.
+    #[arg(long)]
+    pub stats_json: Option<PathBuf>,
+    /// No progress display.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+pub fn run(args: SqlArgs) -> Result<()> {
+    let started = Instant::now();
+    let resolved = args.engine.resolve()?;
+    let (model, options) = (resolved.model.clone(), resolved.options.clone());
+    let service = ScoringService::lazy(
+        Box::new(move || {
+            let engine = Engine::load(&model, &options).map_err(|e| format!("{e:#}"))?;
+            Ok(Arc::new(engine) as Arc<dyn Scorer>)
+        }),
+        args.cache_entries,
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(run_session(&args, &service));
+
+    let stats = service.stats();
+    let wall_s = started.elapsed().as_secs_f64();
+    let summary = RunSummary {
+        rows: stats.rows,
+        model_rows: stats.model_rows,
+        cache_hits: stats.cache_hits,
+        tokens: stats.tokens,
+        padded_tokens: stats.padded_tokens,
+        truncated_rows: stats.truncated_rows,
+        batches: stats.batches,
+        wall_s,
+        tokens_per_s: stats.tokens as f64 / wall_s.max(1e-9),
+        model_s: stats.model_s,
+        model: resolved.model.clone(),
+        device: resolved.options.device.to_string(),
+        dtype: resolved.options.dtype.clone().unwrap_or_default(),
+        max_length: resolved.options.max_length,
+        batch_size: resolved.options.batch_size,
+        ..Default::default()
+    };
+    if service.is_loaded() {
+        eprintln!("{}", summary.sql_line());
+    }
+    if let Some(path) = &args.stats_json {
+        summary.write_json(path)?;
+    }
+    result
+}
+
+async fn run_session(args: &SqlArgs, service: &Arc<ScoringService>) -> Result<()> {
+    let ctx = new_session(service, args.partitions);
+    for spec in &args.tables {
+        let (name, path) = spec.split_once('=').with_context(|| format!("-t {spec}: expected NAME=PATH"))?;
+        let path = PathBuf::from(path);
+        if !path.exists() {
+            bail!("-t {spec}: {} does not exist", path.display());
+        }
+        register_table(&ctx, name, &path).await.with_context(|| format!("registering table {name}"))?;
+    }
+    let print_options = PrintOptions {
+        format: args.format,
+        quiet: true,
+        maxrows: args.maxrows,
+        color: false,
+        instrumented_registry: Arc::new(InstrumentedObjectStoreRegistry::new()),
+    };
+    let commands = match (&args.query, &args.file) {
+        (Some(q), _) => q.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, None) => {
+            let mut print_options = PrintOptions { quiet: false, ..print_options };
+            eprintln!("skyscore sql: skywork_score(instruction, [input,] output) is available. \\q quits.");
+            exec_from_repl(&ctx, &mut print_options).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            return Ok(());
+        }
+    };
+    let lower = commands.to_ascii_lowercase();
+    if lower.contains("skywork_score") && lower.contains("copy") {
+        // COPY fixes its Parquet options when planned: load first so the files it writes carry
+        // the model's metadata.
+        let scorer = service.scorer().map_err(anyhow::Error::msg)?;
+        set_parquet_metadata(&ctx, &scorer.metadata());
+    }
+    let progress = ProgressTicker::start(service.clone(), !args.no_progress);
+    let result = match &args.output {
+        Some(path) => write_query(&ctx, &commands, path, service).await,
+        None => exec_from_commands(&ctx, vec![commands], &print_options).await.map_err(anyhow::Error::from),
+    };
+    progress.stop();
+    result
+}
+
+/// Runs one query and streams its result into `path`.
+async fn write_query(ctx: &SessionContext, sql: &str, path: &std::path::Path, service: &ScoringService) -> Result<()> {
+    let location = path.to_str().context("output path is not UTF-8")?;
+    let df = ctx.sql(sql).await?;
+    let options = DataFrameWriteOptions::new().with_single_file_output(true);
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    let written = match ext.as_str() {
+        "parquet" | "pq" => {
+            let mut parquet = ctx.state().table_options().parquet.clone();
+            if let Ok(scorer) = service.scorer() {
+                for (k, v) in scorer.metadata() {
+                    parquet.key_value_metadata.insert(k, Some(v));
+                }
+            }
+            df.write_parquet(location, options, Some(parquet)).await?
+        }
+        "csv" => df.write_csv(location, options, None).await?,
+        "json" | "jsonl" | "ndjson" => df.write_json(location, options, None).await?,
+        _ => bail!("{}: unknown output format (use .parquet, .csv, .json or .jsonl)", path.display()),
+    };
+    let rows: u64 = written
+        .iter()
+        .filter_map(|b| b.column(0).as_any().downcast_ref::<datafusion::arrow::array::UInt64Array>())
+        .map(|a| a.iter().flatten().sum::<u64>())
+        .sum();
+    eprintln!("wrote {rows} rows to {}", path.display());
+    Ok(())
+}
+
+/// Rows scored and tokens/s while statements run, from the service's counters.
+struct ProgressTicker {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProgressTicker {
+    fn start(service: Arc<ScoringService>, enabled: bool) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        if !enabled {
+            return Self { stop, handle: None };
+        }
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("valid template"));
+            let started = Instant::now();
+            while !flag.load(Ordering::Relaxed) {
+                let s = service.stats();
+                if s.rows > 0 {
+                    let secs = started.elapsed().as_secs_f64().max(1e-9);
+                    bar.set_message(format!(
+                        "{} rows scored by the model ({} from cache) · {:.0} tok/s",
+                        s.model_rows,
+                        s.cache_hits,
+                        s.tokens as f64 / secs
+                    ));
+                    bar.tick();
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            bar.finish_and_clear();
+        });
+        Self { stop, handle: Some(handle) }
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

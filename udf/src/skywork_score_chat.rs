@@ -1,0 +1,206 @@
+//! `skywork_score_chat(messages)`: the reward of a multi-turn conversation (ShareGPT /
+//! OpenAI-style), scored with the model's own chat template.
+
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, LazyLock};
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float32Array};
+use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::common::types::logical_string;
+use datafusion::common::{exec_datafusion_err, exec_err, plan_err, Result, ScalarValue};
+use datafusion::logical_expr::{
+    Coercion, ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature,
+    TypeSignatureClass, Volatility,
+};
+
+use crate::args::StrArg;
+use crate::scorer::{ChatTurn, Conversation};
+use crate::service::ScoringService;
+use crate::skywork_score::DOC_SECTION;
+
+pub const NAME: &str = "skywork_score_chat";
+
+static DOCUMENTATION: LazyLock<Documentation> = LazyLock::new(|| {
+    Documentation::builder(
+        DOC_SECTION,
+        "Reward-model score (the raw logit) of a conversation, rendered with the model's chat template. \
+         `messages` is a list of structs with string fields `role` and `content`, or a JSON string of the same \
+         shape ([{\"role\": \"user\", \"content\": \"...\"}, ...]). NULL messages give NULL.",
+        "skywork_score_chat(messages)",
+    )
+    .with_sql_example("```sql\nSELECT id, skywork_score_chat(conversations) AS score FROM chats;\n```")
+    .with_argument("messages", "list<struct<role, content>> or a JSON string of such a list.")
+    .build()
+});
+
+#[derive(Debug, Clone)]
+pub struct SkyworkScoreChat {
+    signature: Signature,
+    service: Arc<ScoringService>,
+}
+
+impl SkyworkScoreChat {
+    pub fn new(service: Arc<ScoringService>) -> Self {
+        // As for skywork_score: `coerce_types` decides; the coercible variant is for SHOW FUNCTIONS.
+        let signature = Signature::one_of(
+            vec![
+                TypeSignature::UserDefined,
+                TypeSignature::Coercible(vec![Coercion::new_exact(TypeSignatureClass::Native(logical_string()))]),
+            ],
+            Volatility::Immutable,
+        );
+        Self { signature, service }
+    }
+}
+
+impl PartialEq for SkyworkScoreChat {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.service, &other.service)
+    }
+}
+impl Eq for SkyworkScoreChat {}
+impl Hash for SkyworkScoreChat {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        NAME.hash(state);
+        (Arc::as_ptr(&self.service) as usize).hash(state);
+    }
+}
+
+fn is_message_list(t: &DataType) -> bool {
+    let item = match t {
+        DataType::List(f) | DataType::LargeList(f) => f,
+        _ => return false,
+    };
+    match item.data_type() {
+        DataType::Struct(fields) => ["role", "content"].iter().all(|name| {
+            fields.iter().any(|f| {
+                f.name() == name && matches!(f.data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+            })
+        }),
+        _ => false,
+    }
+}
+
+impl ScalarUDFImpl for SkyworkScoreChat {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> Result<Vec<DataType>> {
+        match arg_types {
+            [t] if is_message_list(t) => Ok(vec![t.clone()]),
+            [DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View] => Ok(arg_types.to_vec()),
+            [DataType::Null] => Ok(vec![DataType::Utf8]),
+            [t] => plan_err!(
+                "{NAME}: `messages` must be list<struct<role: string, content: string>> or a JSON string, got {t}"
+            ),
+            _ => plan_err!("{NAME} takes one argument (messages), got {}", arg_types.len()),
+        }
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Float32)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [arg] = args.args.as_slice() else {
+            return plan_err!("{NAME} takes one argument (messages)");
+        };
+        let (array, scalar) = match arg {
+            ColumnarValue::Array(a) => (a.clone(), false),
+            ColumnarValue::Scalar(s) => (s.to_array_of_size(1)?, true),
+        };
+        let n = array.len();
+        let parsed = parse_messages(&array)?;
+        let mut rows = Vec::with_capacity(n);
+        let mut conversations: Vec<Conversation<'_>> = Vec::with_capacity(n);
+        for (i, conv) in parsed.into_iter().enumerate() {
+            if let Some(conv) = conv {
+                rows.push(i);
+                conversations.push(conv);
+            }
+        }
+        let scores = self.service.score(conversations).map_err(|e| exec_datafusion_err!("{NAME}: {e}"))?;
+        let mut out: Vec<Option<f32>> = vec![None; n];
+        for (row, score) in rows.into_iter().zip(scores) {
+            out[row] = Some(score);
+        }
+        if scalar {
+            return Ok(ColumnarValue::Scalar(ScalarValue::Float32(out[0])));
+        }
+        Ok(ColumnarValue::Array(Arc::new(Float32Array::from(out))))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        Some(&DOCUMENTATION)
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct JsonTurn {
+    role: String,
+    content: String,
+}
+
+/// One conversation per row (None for NULL rows).
+fn parse_messages(array: &ArrayRef) -> Result<Vec<Option<Conversation<'static>>>> {
+    let n = array.len();
+    match array.data_type() {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+            let strings = StrArg::from_array(array, "messages")?;
+            (0..n)
+                .map(|i| {
+                    strings
+                        .get(i)
+                        .map(|json| {
+                            serde_json::from_str::<Vec<JsonTurn>>(json)
+                                .map(|turns| turns.into_iter().map(|t| ChatTurn::new(t.role, t.content)).collect())
+                                .map_err(|e| {
+                                    exec_datafusion_err!(
+                                        "{NAME}: row {i}: messages is not a JSON list of {{role, content}}: {e}"
+                                    )
+                                })
+                        })
+                        .transpose()
+                })
+                .collect()
+        }
+        DataType::List(_) => {
+            list_rows(n, |i| array.as_list::<i32>().is_valid(i).then(|| array.as_list::<i32>().value(i)))
+        }
+        DataType::LargeList(_) => {
+            list_rows(n, |i| array.as_list::<i64>().is_valid(i).then(|| array.as_list::<i64>().value(i)))
+        }
+        other => exec_err!("{NAME}: unsupported messages type {other}"),
+    }
+}
+
+fn list_rows(n: usize, row: impl Fn(usize) -> Option<ArrayRef>) -> Result<Vec<Option<Conversation<'static>>>> {
+    (0..n)
+        .map(|i| {
+            let Some(turns) = row(i) else { return Ok(None) };
+            let turns = turns.as_struct();
+            let role = turns.column_by_name("role").expect("checked at planning");
+            let content = turns.column_by_name("content").expect("checked at planning");
+            let (role, content) = (StrArg::from_array(role, "role")?, StrArg::from_array(content, "content")?);
+            let mut conv = Vec::with_capacity(turns.len());
+            for t in 0..turns.len() {
+                match (role.get(t), content.get(t)) {
+                    (Some(r), Some(c)) => conv.push(ChatTurn::new(r.to_string(), c.to_string())),
+                    _ => return exec_err!("{NAME}: row {i}: message {t} has a NULL role or content"),
+                }
+            }
+            Ok(Some(conv))
+        })
+        .collect()
+}
+
+/// The Arrow type of a messages column, for building test data.
+pub fn messages_type() -> DataType {
+    let fields = vec![Field::new("role", DataType::Utf8, true), Field::new("content", DataType::Utf8, true)];
+    DataType::List(Arc::new(Field::new_list_field(DataType::Struct(fields.into()), true)))
+}
