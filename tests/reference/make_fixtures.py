@@ -90,6 +90,30 @@ def load_rows(shared: Path):
     return rows
 
 
+def hh_transcript_to_messages(text):
+    """HH-RLHF transcripts ("\n\nHuman: ...\n\nAssistant: ...") as chat messages."""
+    import re
+    parts = re.split(r"\n\n(Human|Assistant): ", "\n\n" + text.lstrip("\n") if not text.startswith("\n\n") else text)
+    messages = []
+    for role, content in zip(parts[1::2], parts[2::2]):
+        messages.append({"role": "user" if role == "Human" else "assistant", "content": content.strip()})
+    return messages
+
+
+def write_preference_sample(shared: Path, n=64):
+    """The first `n` HH-RLHF harmless-base test pairs (MIT) as JSON message lists."""
+    import gzip
+    out = ROOT / "sample_data" / "preference_sample.jsonl"
+    with gzip.open(shared / "data" / "preference" / "hh_rlhf_harmless_base_test.jsonl.gz", "rt") as f, open(out, "w") as w:
+        for i, line in enumerate(f):
+            if i >= n:
+                break
+            pair = json.loads(line)
+            w.write(json.dumps({"id": i, "chosen": json.dumps(hh_transcript_to_messages(pair["chosen"]), ensure_ascii=False),
+                                "rejected": json.dumps(hh_transcript_to_messages(pair["rejected"]), ensure_ascii=False)},
+                               ensure_ascii=False) + "\n")
+
+
 def write_sample_data(rows):
     out = ROOT / "sample_data"
     out.mkdir(exist_ok=True)
@@ -279,7 +303,11 @@ TEMPLATE_CASES = [
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared")
+    ap.add_argument("--only-preference", action="store_true", help="only write sample_data/preference_sample.jsonl")
     args = ap.parse_args()
+    write_preference_sample(args.shared)
+    if args.only_preference:
+        return
     torch.manual_seed(SEED)
 
     rows = load_rows(args.shared)
