@@ -11,18 +11,6 @@ use datafusion::arrow::array::AsArray;
 use datafusion::arrow::datatypes::{Float32Type, Int64Type, UInt32Type};
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-fn skyscore(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_skyscore")).args(args).env_remove("HF_HUB_OFFLINE").output().expect("run skyscore")
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 /// Fails the test unless the run failed cleanly with `needle` in its message.
 fn assert_clean_failure(out: &Output, needle: &str) {
     let err = stderr(out);

@@ -4,21 +4,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
-
-fn skyscore(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_skyscore")).args(args).env_remove("HF_HUB_OFFLINE").output().expect("run skyscore")
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn stats(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -39,7 +27,15 @@ fn threshold_query_runs_the_model_once_per_row() {
     let dir = tempfile::tempdir().unwrap();
     let stats_path = dir.path().join("stats.json");
     let run = skyscore(&[
-        "sql", "--model", &model(), "-t", &sample(), "--format", "csv", "--stats-json", p(&stats_path),
+        "sql",
+        "--model",
+        &model(),
+        "-t",
+        &sample(),
+        "--format",
+        "csv",
+        "--stats-json",
+        p(&stats_path),
         "SELECT id, skywork_score(instruction, input, output) AS s FROM sft \
          WHERE skywork_score(instruction, input, output) > 0 ORDER BY s DESC LIMIT 10",
     ]);
@@ -70,8 +66,15 @@ fn copy_to_parquet_carries_metadata_and_every_row() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("scored.parquet");
     let run = skyscore(&[
-        "sql", "--model", &model(), "-t", &sample(),
-        &format!("COPY (SELECT *, skywork_score(instruction, input, output) AS score FROM sft) TO '{}' STORED AS PARQUET", p(&out)),
+        "sql",
+        "--model",
+        &model(),
+        "-t",
+        &sample(),
+        &format!(
+            "COPY (SELECT *, skywork_score(instruction, input, output) AS score FROM sft) TO '{}' STORED AS PARQUET",
+            p(&out)
+        ),
     ]);
     assert!(run.status.success(), "{}", stderr(&run));
     let file = std::fs::File::open(&out).unwrap();
@@ -89,7 +92,11 @@ fn copy_to_parquet_carries_metadata_and_every_row() {
 
     // The written scores read back through SQL equal the fixture scores.
     let run = skyscore(&[
-        "sql", "-t", &format!("scored={}", p(&out)), "--format", "csv",
+        "sql",
+        "-t",
+        &format!("scored={}", p(&out)),
+        "--format",
+        "csv",
         "SELECT count(*), count(DISTINCT id), count(score) FROM scored",
     ]);
     assert!(run.status.success(), "{}", stderr(&run));
@@ -101,7 +108,13 @@ fn output_flag_streams_a_query_to_jsonl_and_the_model_stays_unloaded_without_udf
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("top.jsonl");
     let run = skyscore(&[
-        "sql", "--model", &model(), "-t", &sample(), "--output", p(&out),
+        "sql",
+        "--model",
+        &model(),
+        "-t",
+        &sample(),
+        "--output",
+        p(&out),
         "SELECT id, skywork_score(instruction, output) AS s FROM sft WHERE id < 5 ORDER BY id",
     ]);
     assert!(run.status.success(), "{}", stderr(&run));
@@ -143,7 +156,10 @@ fn sql_errors_fail_cleanly() {
         (vec!["sql", "-t", "bad"], "expected NAME=PATH"),
         (vec!["sql", "-t", "x=/nonexistent.parquet", "SELECT 1"], "does not exist"),
         (vec!["sql", "SELECT * FROM missing_table"], "missing_table"),
-        (vec!["sql", "--model", "/nonexistent/model", "SELECT skywork_score('a', 'b')"], "neither an existing directory nor a hub id"),
+        (
+            vec!["sql", "--model", "/nonexistent/model", "SELECT skywork_score('a', 'b')"],
+            "neither an existing directory nor a hub id",
+        ),
         (vec!["sql", "SELECT skywork_score('a', 1, 'b')"], "argument `input` must be a string, got Int64"),
     ] {
         let run = skyscore(&args);

@@ -70,6 +70,19 @@ impl RotaryEmbedding {
         Ok(Self { inv_freq })
     }
 
+    /// From config.json: `rope_parameters` (newer transformers, theta included) wins over
+    /// `rope_scaling` + `rope_theta`.
+    pub fn from_config(
+        head_dim: usize,
+        rope_theta: Option<f64>,
+        rope_scaling: Option<&RopeParameters>,
+        rope_parameters: Option<&RopeParameters>,
+        default_theta: f64,
+    ) -> Result<Self> {
+        let theta = rope_parameters.and_then(|p| p.rope_theta).or(rope_theta).unwrap_or(default_theta);
+        Self::new(head_dim, theta, rope_parameters.or(rope_scaling))
+    }
+
     /// `(cos, sin)` tables of shape `[seq_len, head_dim / 2]` for positions `0..seq_len`.
     pub fn tables(&self, seq_len: usize, device: &Device, dtype: DType) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
@@ -172,10 +185,59 @@ pub fn pooled_index(ids: &[u32], pad_token_id: Option<u32>) -> usize {
     }
 }
 
+/// The classification head: final norm and `score` at each row's pooled position, as f32
+/// logits `[b]`. Norming only the pooled rows equals transformers' norm-everything-then-pool.
+pub fn score_pooled(hidden: &Tensor, pooled: &[usize], norm: &RmsNorm, score: &Linear) -> Result<Tensor> {
+    let rows = gather_rows(hidden, pooled)?;
+    score.forward(&norm.forward(&rows)?)?.squeeze(1)?.to_dtype(DType::F32)
+}
+
 /// Gathers `hidden[row, pos[row]]` into `[b, hidden]`.
 pub fn gather_rows(hidden: &Tensor, positions: &[usize]) -> Result<Tensor> {
     let (b, t, h) = hidden.dims3()?;
     let flat: Vec<u32> = positions.iter().enumerate().map(|(row, &p)| (row * t + p) as u32).collect();
     let idx = Tensor::from_vec(flat, b, hidden.device())?;
     hidden.reshape((b * t, h))?.index_select(&idx, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn llama3(theta: Option<f64>) -> RopeParameters {
+        RopeParameters {
+            rope_type: Some("llama3".into()),
+            rope_theta: theta,
+            factor: Some(8.0),
+            low_freq_factor: Some(1.0),
+            high_freq_factor: Some(4.0),
+            original_max_position_embeddings: Some(8192),
+        }
+    }
+
+    #[test]
+    fn rope_parameters_key_equals_rope_scaling_plus_theta() {
+        let old = RotaryEmbedding::from_config(128, Some(500000.0), Some(&llama3(None)), None, 10_000.0).unwrap();
+        let new = RotaryEmbedding::from_config(128, None, None, Some(&llama3(Some(500000.0))), 10_000.0).unwrap();
+        assert_eq!(old.inv_freq, new.inv_freq);
+        let plain = RotaryEmbedding::from_config(128, Some(500000.0), None, None, 10_000.0).unwrap();
+        // High frequencies are untouched, the lowest are divided by the factor.
+        assert_eq!(old.inv_freq[0], plain.inv_freq[0]);
+        assert!((old.inv_freq[63] * 8.0 - plain.inv_freq[63]).abs() <= plain.inv_freq[63] * 1e-6);
+    }
+
+    #[test]
+    fn unknown_rope_type_is_an_error() {
+        let yarn = RopeParameters { rope_type: Some("yarn".into()), ..Default::default() };
+        let err = RotaryEmbedding::from_config(64, None, Some(&yarn), None, 10_000.0).unwrap_err().to_string();
+        assert!(err.contains("yarn"), "{err}");
+    }
+
+    #[test]
+    fn pooling_is_the_rightmost_non_pad_token() {
+        assert_eq!(pooled_index(&[5, 6, 7], Some(9)), 2);
+        assert_eq!(pooled_index(&[5, 9, 7, 9], Some(9)), 2);
+        assert_eq!(pooled_index(&[9, 9], Some(9)), 0);
+        assert_eq!(pooled_index(&[5, 6], None), 1);
+    }
 }

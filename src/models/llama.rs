@@ -5,7 +5,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{embedding, linear_b, linear_no_bias, Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
-use super::layers::{attention, causal_mask, gather_rows, GatedMlp, RmsNorm, RopeParameters, RotaryEmbedding};
+use super::layers::{attention, causal_mask, score_pooled, GatedMlp, RmsNorm, RopeParameters, RotaryEmbedding};
 use super::ModelBatch;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -43,9 +43,8 @@ impl LlamaConfig {
     }
 
     fn rope(&self) -> Result<RotaryEmbedding> {
-        let params = self.rope_parameters.as_ref().or(self.rope_scaling.as_ref());
-        let theta = self.rope_parameters.as_ref().and_then(|p| p.rope_theta).or(self.rope_theta).unwrap_or(10_000.0);
-        RotaryEmbedding::new(self.head_dim(), theta, params)
+        let (scaling, parameters) = (self.rope_scaling.as_ref(), self.rope_parameters.as_ref());
+        RotaryEmbedding::from_config(self.head_dim(), self.rope_theta, scaling, parameters, 10_000.0)
     }
 }
 
@@ -155,9 +154,6 @@ impl LlamaForSequenceClassification {
         for layer in &self.layers {
             xs = layer.forward(&xs, &cos, &sin, &mask)?;
         }
-        // Only the pooled positions reach the final norm and the head.
-        let pooled = gather_rows(&xs, &batch.pooled)?;
-        let logits = self.score.forward(&self.norm.forward(&pooled)?)?;
-        logits.squeeze(1)?.to_dtype(candle_core::DType::F32)
+        score_pooled(&xs, &batch.pooled, &self.norm, &self.score)
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use serde::Deserialize;
 
@@ -54,3 +55,16 @@ pub fn expected(model: &str, case: &str) -> Vec<Expected> {
 }
 
 pub const MODELS: [&str; 2] = ["tiny-llama", "tiny-qwen3"];
+
+/// Runs the skyscore binary (never offline by accident).
+pub fn skyscore(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_skyscore")).args(args).env_remove("HF_HUB_OFFLINE").output().expect("run skyscore")
+}
+
+pub fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

@@ -1,7 +1,11 @@
 //! Reading UDF arguments as strings, row by row, without casting or copying: columns of
 //! Utf8, LargeUtf8 or Utf8View (Parquet gives Utf8View, Ballista Utf8) and string literals.
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, LargeStringArray, StringArray, StringViewArray};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, Float32Array, LargeStringArray, StringArray, StringViewArray,
+};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
 use datafusion::logical_expr::ColumnarValue;
@@ -66,4 +70,17 @@ pub fn coerce_string_args(function: &str, names: &[&str], arg_types: &[DataType]
             other => plan_err!("{function}: argument `{name}` must be a string, got {other}"),
         })
         .collect()
+}
+
+/// The UDF result: `scores[k]` belongs to row `rows[k]`; every other row is NULL. A call whose
+/// arguments were all literals returns a scalar.
+pub fn scores_to_columnar(n: usize, rows: &[usize], scores: Vec<f32>, scalar: bool) -> ColumnarValue {
+    let mut out: Vec<Option<f32>> = vec![None; n];
+    for (&row, score) in rows.iter().zip(scores) {
+        out[row] = Some(score);
+    }
+    if scalar {
+        return ColumnarValue::Scalar(ScalarValue::Float32(out.first().copied().flatten()));
+    }
+    ColumnarValue::Array(Arc::new(Float32Array::from(out)))
 }

@@ -3,16 +3,15 @@
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::Float32Array;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::types::logical_string;
-use datafusion::common::{exec_datafusion_err, plan_err, Result, ScalarValue};
+use datafusion::common::{exec_datafusion_err, plan_err, Result};
 use datafusion::logical_expr::{
     Coercion, ColumnarValue, DocSection, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature,
     TypeSignatureClass, Volatility,
 };
 
-use crate::args::{coerce_string_args, StrArg};
+use crate::args::{coerce_string_args, scores_to_columnar, StrArg};
 use crate::scorer::{Conversation, ScoreRequest};
 use crate::service::ScoringService;
 
@@ -116,14 +115,7 @@ impl ScalarUDFImpl for SkyworkScore {
             }
         }
         let scores = self.service.score(conversations).map_err(|e| exec_datafusion_err!("{NAME}: {e}"))?;
-        let mut out: Vec<Option<f32>> = vec![None; n];
-        for (row, score) in rows.into_iter().zip(scores) {
-            out[row] = Some(score);
-        }
-        if all_scalar {
-            return Ok(ColumnarValue::Scalar(ScalarValue::Float32(out[0])));
-        }
-        Ok(ColumnarValue::Array(Arc::new(Float32Array::from(out))))
+        Ok(scores_to_columnar(n, &rows, scores, all_scalar))
     }
 
     fn documentation(&self) -> Option<&Documentation> {

@@ -4,16 +4,16 @@
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, LazyLock};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float32Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::{DataType, Field};
 use datafusion::common::types::logical_string;
-use datafusion::common::{exec_datafusion_err, exec_err, plan_err, Result, ScalarValue};
+use datafusion::common::{exec_datafusion_err, exec_err, plan_err, Result};
 use datafusion::logical_expr::{
     Coercion, ColumnarValue, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature,
     TypeSignatureClass, Volatility,
 };
 
-use crate::args::StrArg;
+use crate::args::{scores_to_columnar, StrArg};
 use crate::scorer::{ChatTurn, Conversation};
 use crate::service::ScoringService;
 use crate::skywork_score::DOC_SECTION;
@@ -125,14 +125,7 @@ impl ScalarUDFImpl for SkyworkScoreChat {
             }
         }
         let scores = self.service.score(conversations).map_err(|e| exec_datafusion_err!("{NAME}: {e}"))?;
-        let mut out: Vec<Option<f32>> = vec![None; n];
-        for (row, score) in rows.into_iter().zip(scores) {
-            out[row] = Some(score);
-        }
-        if scalar {
-            return Ok(ColumnarValue::Scalar(ScalarValue::Float32(out[0])));
-        }
-        Ok(ColumnarValue::Array(Arc::new(Float32Array::from(out))))
+        Ok(scores_to_columnar(n, &rows, scores, scalar))
     }
 
     fn documentation(&self) -> Option<&Documentation> {
