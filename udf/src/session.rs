@@ -12,10 +12,17 @@ use datafusion::execution::SessionStateBuilder;
 use crate::plan::FilterBeforeModel;
 use crate::service::ScoringService;
 
+/// Rows per Parquet row group written by skyscore sessions.
+pub const WRITE_ROW_GROUP_ROWS: usize = 65_536;
+
 /// A session with `skywork_score` and `skywork_score_chat` registered over `service`, and the
 /// plan rule that keeps the model above filters.
 pub fn new_session(service: &Arc<ScoringService>, target_partitions: Option<usize>) -> SessionContext {
-    let mut config = SessionConfig::new().with_information_schema(true);
+    // Parquet writers hold a whole row group in memory; DataFusion's default (1M rows) would let a
+    // curation COPY's memory grow with the table, 64K rows keeps it flat.
+    let mut config = SessionConfig::new()
+        .with_information_schema(true)
+        .set_usize("datafusion.execution.parquet.max_row_group_size", WRITE_ROW_GROUP_ROWS);
     if let Some(n) = target_partitions {
         config = config.with_target_partitions(n.max(1));
     }
