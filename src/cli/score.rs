@@ -182,7 +182,9 @@ fn score_batch(
     }
     progress.advance(skipped, 0);
     let refs: Vec<&crate::encode::Encoded> = valid.iter().map(|(_, e)| e).collect();
+    let model_started = Instant::now();
     let scored = engine.score_encoded(&refs, |rows, tokens| progress.advance(rows, tokens))?;
+    summary.model_s += model_started.elapsed().as_secs_f64();
     let stats = scored.stats;
     let scores = scored.scores;
 
