@@ -93,17 +93,8 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     let result = (|| -> Result<()> {
         for batch in input.batches {
             let batch = batch?;
-            let scored = score_batch(
-                &engine,
-                &batch,
-                &names,
-                id_column.as_deref(),
-                summary.rows,
-                &args,
-                &mut summary,
-                &mut progress,
-            )
-            .with_context(|| format!("scoring {file}"))?;
+            let scored = score_batch(&engine, &batch, &names, id_column.as_deref(), &args, &mut summary, &mut progress)
+                .with_context(|| format!("scoring {file}"))?;
             let out =
                 build_output(&out_schema, &batch, id_column.as_deref(), summary.rows, &scored, args.keep_columns)?;
             writer.write(&out)?;
@@ -134,18 +125,18 @@ struct Scored {
     truncated: Vec<Option<bool>>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Scores one input batch; `summary.rows` (rows before this batch) numbers rows in messages.
 fn score_batch(
     engine: &Engine,
     batch: &RecordBatch,
     names: &ColumnNames,
     id_column: Option<&str>,
-    first_row: usize,
     args: &ScoreArgs,
     summary: &mut RunSummary,
     progress: &mut Progress,
 ) -> Result<Scored> {
     let n = batch.num_rows();
+    let first_row = summary.rows;
     let cols = SftColumns::new(batch, names)?;
     let describe = |i: usize| row_label(batch, id_column, first_row, i);
 

@@ -56,7 +56,7 @@ pub struct SqlArgs {
     /// DataFusion partitions (parallel streams of record batches). [default: CPU cores]
     #[arg(long)]
     pub partitions: Option<usize>,
-    /// Bound of the score cache, in distinct rows (about 40 bytes each).
+    /// Bound of the score cache, in distinct rows (about 130 bytes each).
     #[arg(long, default_value_t = skyscore_udf::service::DEFAULT_CACHE_ENTRIES)]
     pub cache_entries: usize,
     /// Write the end-of-run figures as JSON.

@@ -27,7 +27,7 @@ pub fn cache_key(turns: &[ChatTurn<'_>]) -> CacheKey {
 
 /// Bounded by `capacity` entries with two generations: when the young one fills up, the old
 /// one is dropped. Recently used scores (the rows of the batch being filtered and projected)
-/// always survive; memory stays at most ~2 × capacity × 40 bytes.
+/// always survive; memory stays at most ~2 × capacity entries.
 #[derive(Debug)]
 pub struct ScoreCache {
     young: HashMap<CacheKey, f32>,

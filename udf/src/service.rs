@@ -82,8 +82,9 @@ impl std::fmt::Debug for ScoringService {
     }
 }
 
-/// Default bound of the score cache, in entries (~40 bytes each, two generations).
-pub const DEFAULT_CACHE_ENTRIES: usize = 4_000_000;
+/// Default bound of the score cache, in distinct rows. Measured: ~130 bytes of RSS per entry
+/// (26 MB at 200,000 rows), so the default stays under ~260 MB with both generations full.
+pub const DEFAULT_CACHE_ENTRIES: usize = 1_000_000;
 
 impl ScoringService {
     /// A service over an already loaded scorer.
