@@ -54,7 +54,7 @@ impl RotaryEmbedding {
                 for f in inv_freq.iter_mut() {
                     let wavelen = two_pi / *f;
                     let scaled = if wavelen > low_freq_wavelen { *f / factor } else { *f };
-                    let is_medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+                    let is_medium = wavelen >= high_freq_wavelen && wavelen <= low_freq_wavelen;
                     *f = if is_medium {
                         let smooth = (old_ctx / wavelen - low) / (high - low);
                         (1.0 - smooth) * scaled / factor + smooth * scaled

@@ -78,7 +78,7 @@ fn starts_with_bracket(path: &Path) -> bool {
     use std::io::Read;
     let file = if path.is_dir() { return false } else { std::fs::File::open(path) };
     let Ok(file) = file else { return false };
-    file.bytes().filter_map(|b| b.ok()).find(|b| !b.is_ascii_whitespace()) == Some(b'[')
+    std::io::BufReader::new(file).bytes().map_while(|b| b.ok()).find(|b| !b.is_ascii_whitespace()) == Some(b'[')
 }
 
 /// Adds key-value metadata (model, template hash, ...) to every Parquet file the session
