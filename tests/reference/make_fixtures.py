@@ -39,6 +39,9 @@ from transformers import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# The prompt procedure is the reference scorer's own (the model card's).
+from reference_score import prompt_text as model_card_text  # noqa: E402
 SEED = 20261126
 
 # Permissive sources only (PROVENANCE.json in ../shared): MIT and Apache-2.0.
@@ -246,17 +249,6 @@ def build_checkpoint(shared, which, arch, corpus, out_dir: Path):
     ref = AutoModelForSequenceClassification.from_pretrained(out_dir, torch_dtype=torch.float32, attn_implementation="eager")
     ref.eval()
     return tok, ref
-
-
-def model_card_text(tok, row):
-    prompt = row["instruction"]
-    if row.get("input"):
-        prompt += "\n" + row["input"]
-    conv = [{"role": "user", "content": prompt}, {"role": "assistant", "content": row["output"]}]
-    text = tok.apply_chat_template(conv, tokenize=False)
-    if tok.bos_token is not None and text.startswith(tok.bos_token):
-        text = text[len(tok.bos_token):]
-    return text
 
 
 @torch.no_grad()
