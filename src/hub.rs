@@ -128,11 +128,24 @@ impl FileSource {
     }
 
     /// Like [`get`](Self::get) but `Ok(None)` when the file does not exist in the model.
+    /// With a cached snapshot, a file huggingface_hub recorded as absent (`.no_exist/`) is not
+    /// asked for again, and a failed download (no network) means absent rather than an error.
     pub fn get_optional(&self, file: &str) -> Result<Option<PathBuf>, HubError> {
+        if let ModelSource::Hub { repo_id, .. } = &self.source {
+            if let Some(commit) = self.cached_commit() {
+                if self.repo_dir(repo_id).join(".no_exist").join(&commit).join(file).exists() {
+                    return Ok(None);
+                }
+            }
+        }
         match self.get(file) {
             Ok(p) => Ok(Some(p)),
             Err(HubError::MissingLocalFile { .. }) | Err(HubError::NotCached { .. }) => Ok(None),
             Err(HubError::Download { reason, .. }) if reason.contains("404") => Ok(None),
+            Err(HubError::Download { reason, .. }) if self.cached_commit().is_some() => {
+                tracing::warn!(file, %reason, "optional file not in the cache and not downloadable; going on without it");
+                Ok(None)
+            }
             Err(e) => Err(e),
         }
     }

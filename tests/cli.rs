@@ -337,6 +337,20 @@ fn hub_ids_resolve_offline_from_the_cache() {
         assert_eq!(lines.len(), 320);
         assert!((lines[5]["score"].as_f64().unwrap() - expected[&5]).abs() <= 1e-4);
     }
+    // Online mode with an unreachable hub: everything required is cached, and the optional files
+    // the snapshot lacks (chat_template.jinja) do not stop the run.
+    let out = dir.path().join("online.jsonl");
+    let run = Command::new(env!("CARGO_BIN_EXE_skyscore"))
+        .args(["score", "--model", "Skywork/tiny-reward", "--input", p(&input), "--output", p(&out)])
+        .env("HF_HOME", hf_home.path())
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_HUB_OFFLINE")
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(read_jsonl::<serde_json::Value>(&out).len(), 320);
+
     let run = Command::new(env!("CARGO_BIN_EXE_skyscore"))
         .args(["score", "--model", "Skywork/absent", "--input", p(&input), "--output", p(&dir.path().join("x.jsonl"))])
         .env("HF_HOME", hf_home.path())
