@@ -89,10 +89,6 @@ impl PromptEncoder {
         &self.template
     }
 
-    pub fn max_length(&self) -> usize {
-        self.max_length
-    }
-
     /// Largest token id the tokenizer can produce (vocabulary and added tokens).
     pub fn max_token_id(&self) -> u32 {
         self.tokenizer.get_vocab(true).values().copied().max().unwrap_or(0)

@@ -154,24 +154,12 @@ impl Engine {
         })
     }
 
-    pub fn checkpoint(&self) -> &Checkpoint {
-        &self.checkpoint
-    }
-
     pub fn encoder(&self) -> &PromptEncoder {
         &self.encoder
     }
 
     pub fn dtype(&self) -> DType {
         self.dtype
-    }
-
-    pub fn limits(&self) -> BatchLimits {
-        self.limits
-    }
-
-    pub fn options(&self) -> &EngineOptions {
-        &self.options
     }
 
     /// Scores tokenized rows; `on_batch(rows, tokens)` is called after each device batch.

@@ -87,10 +87,6 @@ impl FileSource {
         Self { source, cache_dir: hub_cache_dir(), offline: offline() }
     }
 
-    pub fn source(&self) -> &ModelSource {
-        &self.source
-    }
-
     /// The commit a hub revision resolves to in the cache, when known.
     pub fn cached_commit(&self) -> Option<String> {
         match &self.source {

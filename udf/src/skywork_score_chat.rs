@@ -5,7 +5,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray};
-use datafusion::arrow::datatypes::{DataType, Field};
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::types::logical_string;
 use datafusion::common::{exec_datafusion_err, exec_err, plan_err, Result};
 use datafusion::logical_expr::{
@@ -190,10 +190,4 @@ fn list_rows(n: usize, row: impl Fn(usize) -> Option<ArrayRef>) -> Result<Vec<Op
             Ok(Some(conv))
         })
         .collect()
-}
-
-/// The Arrow type of a messages column, for building test data.
-pub fn messages_type() -> DataType {
-    let fields = vec![Field::new("role", DataType::Utf8, true), Field::new("content", DataType::Utf8, true)];
-    DataType::List(Arc::new(Field::new_list_field(DataType::Struct(fields.into()), true)))
 }
