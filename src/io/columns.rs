@@ -2,9 +2,9 @@
 //! type they arrive as (Utf8, LargeUtf8, or Utf8View from Parquet).
 
 use anyhow::{bail, Result};
-use datafusion::arrow::array::{Array, ArrayRef, AsArray};
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
+use skyscore_udf::args::StrArg;
 
 /// Which columns hold the Alpaca fields and the row id.
 #[derive(Debug, Clone)]
@@ -59,53 +59,23 @@ fn is_string_like(t: &DataType) -> bool {
     matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Null)
 }
 
-/// A string column of any Arrow string type.
-pub enum StrColumn<'a> {
-    Utf8(&'a datafusion::arrow::array::StringArray),
-    LargeUtf8(&'a datafusion::arrow::array::LargeStringArray),
-    View(&'a datafusion::arrow::array::StringViewArray),
-    /// An all-null column (JSON inference gives these when no row has a value).
-    Null,
-    /// The column does not exist (only allowed for `input`).
-    Absent,
-}
-
-impl<'a> StrColumn<'a> {
-    pub fn new(array: Option<&'a ArrayRef>) -> Result<Self> {
-        let Some(array) = array else { return Ok(StrColumn::Absent) };
-        Ok(match array.data_type() {
-            DataType::Utf8 => StrColumn::Utf8(array.as_string::<i32>()),
-            DataType::LargeUtf8 => StrColumn::LargeUtf8(array.as_string::<i64>()),
-            DataType::Utf8View => StrColumn::View(array.as_string_view()),
-            DataType::Null => StrColumn::Null,
-            other => bail!("expected a string column, found {other}"),
-        })
-    }
-
-    pub fn get(&self, i: usize) -> Option<&'a str> {
-        match self {
-            StrColumn::Utf8(a) => a.is_valid(i).then(|| a.value(i)),
-            StrColumn::LargeUtf8(a) => a.is_valid(i).then(|| a.value(i)),
-            StrColumn::View(a) => a.is_valid(i).then(|| a.value(i)),
-            StrColumn::Null | StrColumn::Absent => None,
-        }
-    }
-}
-
 /// The three SFT columns of one batch.
+/// Strings are read with the UDF crate's [`StrArg`], so both front ends accept the same types.
 pub struct SftColumns<'a> {
-    pub instruction: StrColumn<'a>,
-    pub input: StrColumn<'a>,
-    pub output: StrColumn<'a>,
+    pub instruction: StrArg<'a>,
+    pub input: StrArg<'a>,
+    pub output: StrArg<'a>,
 }
 
 impl<'a> SftColumns<'a> {
     pub fn new(batch: &'a RecordBatch, names: &ColumnNames) -> Result<Self> {
-        let col = |n: &str| batch.column_by_name(n);
-        Ok(Self {
-            instruction: StrColumn::new(col(&names.instruction))?,
-            input: StrColumn::new(col(&names.input))?,
-            output: StrColumn::new(col(&names.output))?,
-        })
+        // A missing column (only `input` may be) reads as all NULL.
+        let col = |name: &str| -> Result<StrArg<'a>> {
+            match batch.column_by_name(name) {
+                Some(array) => Ok(StrArg::from_array(array, name)?),
+                None => Ok(StrArg::Scalar(None)),
+            }
+        };
+        Ok(Self { instruction: col(&names.instruction)?, input: col(&names.input)?, output: col(&names.output)? })
     }
 }
