@@ -1,5 +1,10 @@
-//! The scoring engine: a loaded checkpoint (model + prompt encoder) on one device, turning
-//! tokenized rows into scores through length-sorted, token-budgeted batches.
+//! The scoring engine: a loaded checkpoint (prompt encoder + one model replica per device),
+//! turning tokenized rows into scores through length-sorted, token-budgeted batches. With
+//! several devices each replica pulls the next batch when it is free, so faster or less loaded
+//! devices take more batches.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -36,6 +41,24 @@ impl std::str::FromStr for DeviceSpec {
     }
 }
 
+impl DeviceSpec {
+    /// Parses a device list: `cpu`, `cuda`, `cuda:1`, or several joined by commas
+    /// (`cuda:0,cuda:1`), one model replica per entry.
+    pub fn parse_list(s: &str) -> Result<Vec<DeviceSpec>, String> {
+        let devices = s.split(',').map(|d| d.trim().parse()).collect::<Result<Vec<DeviceSpec>, String>>()?;
+        let cpus = devices.iter().filter(|d| **d == DeviceSpec::Cpu).count();
+        if cpus != 0 && cpus != devices.len() {
+            return Err(format!("device list `{s}` mixes cpu and cuda; use one kind"));
+        }
+        Ok(devices)
+    }
+
+    /// `cuda:0,cuda:1` for a list.
+    pub fn list_to_string(devices: &[DeviceSpec]) -> String {
+        devices.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
+    }
+}
+
 impl std::fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -49,12 +72,19 @@ impl std::fmt::Display for DeviceSpec {
 pub struct EngineOptions {
     pub max_length: usize,
     pub truncation_side: TruncationSide,
+    /// Most rows per forward pass on CPU. GPU batches are sized by `max_batch_tokens` alone:
+    /// a card needs tens of thousands of tokens per pass to be busy, and scores do not depend
+    /// on how rows are batched.
     pub batch_size: usize,
     /// Padded tokens per device batch; `None` picks a default for the device.
     pub max_batch_tokens: Option<usize>,
-    pub device: DeviceSpec,
+    /// One model replica per entry (several entries: batches are spread over them).
+    pub devices: Vec<DeviceSpec>,
     /// `None`: f32 on CPU, bf16 on CUDA.
     pub dtype: Option<String>,
+    /// Rows tokenized as one unit when scoring conversations (the SQL path); the next unit is
+    /// tokenized while the device works through the current one.
+    pub pipeline_chunk_rows: usize,
 }
 
 impl Default for EngineOptions {
@@ -64,18 +94,37 @@ impl Default for EngineOptions {
             truncation_side: TruncationSide::Right,
             batch_size: 16,
             max_batch_tokens: None,
-            device: DeviceSpec::Cpu,
+            devices: vec![DeviceSpec::Cpu],
             dtype: None,
+            pipeline_chunk_rows: 4096,
         }
     }
 }
 
+/// Default padded-token budget of one forward pass. On a GPU it is what keeps the card busy
+/// (a 1B model needs ~64K tokens per pass); on CPU larger batches only add memory.
+pub const DEFAULT_CPU_BATCH_TOKENS: usize = 8192;
+pub const DEFAULT_GPU_BATCH_TOKENS: usize = 65536;
+
+/// The model loaded on one device.
+struct Replica {
+    spec: DeviceSpec,
+    device: Device,
+    model: RewardModel,
+}
+
+/// What one device batch produced: scores in batch-row order and its figures.
+struct BatchResult {
+    logits: Vec<f32>,
+    tokens: usize,
+    padded_tokens: usize,
+}
+
 pub struct Engine {
     checkpoint: Checkpoint,
-    model: RewardModel,
+    replicas: Vec<Replica>,
     encoder: PromptEncoder,
     pad_token_id: Option<u32>,
-    device: Device,
     dtype: DType,
     limits: BatchLimits,
     options: EngineOptions,
@@ -116,40 +165,50 @@ impl Engine {
         let pad_token_id =
             checkpoint.config_pad_token_id.or_else(|| special.get("pad_token").and_then(|t| encoder.token_to_id(t)));
 
-        let device = match opts.device {
-            DeviceSpec::Cpu => Device::Cpu,
-            DeviceSpec::Cuda(n) => Device::new_cuda(n).with_context(|| format!("opening cuda:{n}"))?,
-        };
+        if opts.devices.is_empty() {
+            bail!("no device given");
+        }
+        let on_gpu = opts.devices.iter().any(|d| *d != DeviceSpec::Cpu);
         let dtype = match opts.dtype.as_deref() {
             Some(name) => parse_dtype(name).with_context(|| format!("unknown dtype `{name}` (f32, f16, bf16)"))?,
-            None if device.is_cpu() => DType::F32,
-            None => DType::BF16,
+            None if on_gpu => DType::BF16,
+            None => DType::F32,
         };
-        // SAFETY: the safetensors files are memory-mapped read-only; skyscore never writes them
-        // and a checkpoint is not expected to change while it is being scored with.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&checkpoint.weights, dtype, &device) }
-            .with_context(|| format!("reading weights of `{model}`"))?;
-        let model_impl = RewardModel::load(&checkpoint.arch, vb)
-            .with_context(|| format!("loading {} weights of `{model}`", checkpoint.arch.name()))?;
+        let mut replicas = Vec::with_capacity(opts.devices.len());
+        for spec in &opts.devices {
+            let device = open_device(spec)?;
+            // SAFETY: the safetensors files are memory-mapped read-only; skyscore never writes them
+            // and a checkpoint is not expected to change while it is being scored with.
+            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&checkpoint.weights, dtype, &device) }
+                .with_context(|| format!("reading weights of `{model}`"))?;
+            let model_impl = RewardModel::load(&checkpoint.arch, vb)
+                .with_context(|| format!("loading {} weights of `{model}` on {spec}", checkpoint.arch.name()))?;
+            replicas.push(Replica { spec: spec.clone(), device, model: model_impl });
+        }
 
-        let max_tokens = opts.max_batch_tokens.unwrap_or(if device.is_cpu() { 8192 } else { 65536 });
+        let default_tokens = if on_gpu { DEFAULT_GPU_BATCH_TOKENS } else { DEFAULT_CPU_BATCH_TOKENS };
+        let max_tokens = opts.max_batch_tokens.unwrap_or(default_tokens);
+        if max_tokens == 0 {
+            bail!("max_batch_tokens must be at least 1");
+        }
+        let max_rows = if on_gpu { usize::MAX } else { opts.batch_size };
         tracing::info!(
             model,
             arch = checkpoint.arch.name(),
             ?dtype,
-            device = %opts.device,
+            devices = %DeviceSpec::list_to_string(&opts.devices),
+            max_batch_tokens = max_tokens,
             pad_token_id,
             template_sha256 = encoder.template().sha256(),
             "model loaded"
         );
         Ok(Self {
             checkpoint,
-            model: model_impl,
+            replicas,
             encoder,
             pad_token_id,
-            device,
             dtype,
-            limits: BatchLimits { max_rows: opts.batch_size, max_tokens },
+            limits: BatchLimits { max_rows, max_tokens },
             options: opts.clone(),
         })
     }
@@ -165,31 +224,90 @@ impl Engine {
     /// Scores tokenized rows; `on_batch(rows, tokens)` is called after each device batch.
     /// Scores come back in the order of `rows`, each independent of its batch mates.
     pub fn score_encoded(&self, rows: &[&Encoded], mut on_batch: impl FnMut(usize, usize)) -> Result<Scored> {
-        let lengths: Vec<usize> = rows.iter().map(|r| r.ids.len()).collect();
-        if let Some(i) = lengths.iter().position(|&l| l == 0) {
+        if let Some(i) = rows.iter().position(|r| r.ids.is_empty()) {
             bail!("row {i} has no tokens");
         }
+        let lengths: Vec<usize> = rows.iter().map(|r| r.ids.len()).collect();
+        let plan = plan_batches(&lengths, self.limits);
         let mut scores = vec![0f32; rows.len()];
         let mut stats =
             ScoreStats { truncated_rows: rows.iter().filter(|r| r.truncated).count(), ..Default::default() };
-        for batch_rows in plan_batches(&lengths, self.limits) {
-            let ids: Vec<&[u32]> = batch_rows.iter().map(|&i| rows[i].ids.as_slice()).collect();
-            let batch = ModelBatch::padded(&ids, self.pad_token_id, &self.device)?;
-            let logits: Vec<f32> = self.model.forward(&batch)?.to_vec1()?;
-            let tokens: usize = ids.iter().map(|r| r.len()).sum();
+        let mut record = |batch_rows: &[usize], result: BatchResult| {
+            for (&row, score) in batch_rows.iter().zip(&result.logits) {
+                scores[row] = *score;
+            }
             stats += ScoreStats {
-                rows: ids.len(),
-                tokens,
-                padded_tokens: batch.padded_tokens(),
+                rows: batch_rows.len(),
+                tokens: result.tokens,
+                padded_tokens: result.padded_tokens,
                 truncated_rows: 0,
                 batches: 1,
             };
-            for (&row, score) in batch_rows.iter().zip(logits) {
-                scores[row] = score;
+            on_batch(batch_rows.len(), result.tokens);
+        };
+        if let [replica] = self.replicas.as_slice() {
+            for batch_rows in &plan {
+                record(batch_rows, self.run_batch(replica, rows, batch_rows)?);
             }
-            on_batch(ids.len(), tokens);
+        } else {
+            self.run_on_replicas(rows, &plan, &mut record)?;
         }
         Ok(Scored { scores, stats })
+    }
+
+    /// One forward pass: pads the batch's rows, runs the model, brings the f32 scores back.
+    fn run_batch(&self, replica: &Replica, rows: &[&Encoded], batch_rows: &[usize]) -> Result<BatchResult> {
+        let ids: Vec<&[u32]> = batch_rows.iter().map(|&i| rows[i].ids.as_slice()).collect();
+        let batch = ModelBatch::padded(&ids, self.pad_token_id, &replica.device)?;
+        let logits: Vec<f32> = replica
+            .model
+            .forward(&batch)
+            .and_then(|t| t.to_vec1())
+            .with_context(|| format!("forward on {}", replica.spec))?;
+        Ok(BatchResult { logits, tokens: ids.iter().map(|r| r.len()).sum(), padded_tokens: batch.padded_tokens() })
+    }
+
+    /// Spreads the planned batches over the replicas: each device thread takes the next batch
+    /// when it is done with its last, and results are recorded here as they arrive. The first
+    /// error stops the others after their current batch.
+    fn run_on_replicas(
+        &self,
+        rows: &[&Encoded],
+        plan: &[Vec<usize>],
+        record: &mut impl FnMut(&[usize], BatchResult),
+    ) -> Result<()> {
+        let next = AtomicUsize::new(0);
+        let failed = AtomicBool::new(false);
+        let (tx, rx) = mpsc::channel::<Result<(usize, BatchResult)>>();
+        std::thread::scope(|scope| {
+            for replica in &self.replicas {
+                let (tx, next, failed) = (tx.clone(), &next, &failed);
+                scope.spawn(move || loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= plan.len() || failed.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let result = self.run_batch(replica, rows, &plan[i]).map(|r| (i, r));
+                    if result.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    if tx.send(result).is_err() {
+                        break;
+                    }
+                });
+            }
+            drop(tx);
+            let mut first_error = None;
+            for message in rx {
+                match message {
+                    Ok((i, result)) => record(&plan[i], result),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })
     }
 
     /// Encodes and scores SFT rows (the whole pipeline, for callers that hold requests).
@@ -214,17 +332,51 @@ impl Engine {
     }
 }
 
+fn open_device(spec: &DeviceSpec) -> Result<Device> {
+    match spec {
+        DeviceSpec::Cpu => Ok(Device::Cpu),
+        DeviceSpec::Cuda(n) if candle_core::utils::cuda_is_available() => {
+            Device::new_cuda(*n).with_context(|| format!("opening {spec}"))
+        }
+        DeviceSpec::Cuda(_) => {
+            bail!("{spec}: this skyscore was built without CUDA (build it with scripts/build-cuda.sh)")
+        }
+    }
+}
+
 impl Scorer for Engine {
     fn score(&self, conversations: &[Conversation<'_>]) -> Result<Scored, ScorerError> {
-        let encoded: Vec<Encoded> = conversations
-            .par_iter()
-            .enumerate()
-            .map(|(row, c)| {
-                self.encoder.encode_conversation(c).map_err(|e| ScorerError::Row { row, reason: e.to_string() })
-            })
-            .collect::<Result<_, _>>()?;
-        let refs: Vec<&Encoded> = encoded.iter().collect();
-        self.score_encoded(&refs, |_, _| {}).map_err(|e| ScorerError::Engine(format!("{e:#}")))
+        let chunk_rows = self.options.pipeline_chunk_rows.max(1);
+        let (tx, rx) = mpsc::sync_channel::<Result<Vec<Encoded>, ScorerError>>(1);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for (k, chunk) in conversations.chunks(chunk_rows).enumerate() {
+                    let encoded: Result<Vec<Encoded>, ScorerError> = chunk
+                        .par_iter()
+                        .enumerate()
+                        .map(|(i, c)| {
+                            let row = k * chunk_rows + i;
+                            self.encoder
+                                .encode_conversation(c)
+                                .map_err(|e| ScorerError::Row { row, reason: e.to_string() })
+                        })
+                        .collect();
+                    let failed = encoded.is_err();
+                    if tx.send(encoded).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            let mut scored = Scored { scores: Vec::with_capacity(conversations.len()), stats: ScoreStats::default() };
+            for encoded in rx {
+                let encoded = encoded?;
+                let refs: Vec<&Encoded> = encoded.iter().collect();
+                let part = self.score_encoded(&refs, |_, _| {}).map_err(|e| ScorerError::Engine(format!("{e:#}")))?;
+                scored.scores.extend(part.scores);
+                scored.stats += part.stats;
+            }
+            Ok(scored)
+        })
     }
 
     fn fingerprint(&self) -> String {

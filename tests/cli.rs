@@ -65,7 +65,7 @@ fn scores_sample_parquet_to_jsonl_in_input_order() {
         assert!((score - expected[&(i as i64)]).abs() <= 1e-4, "row {i}: {score} vs {}", expected[&(i as i64)]);
     }
     let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
-    for key in ["rows", "model_rows", "tokens", "padded_tokens", "truncated_rows", "wall_s", "tokens_per_s"] {
+    for key in ["rows", "model_rows", "tokens", "padded_tokens", "truncated_rows", "wall_s", "load_s", "tokens_per_s"] {
         assert!(stats.get(key).is_some(), "stats json lacks {key}: {stats}");
     }
     assert_eq!(stats["rows"], 320);
@@ -74,6 +74,28 @@ fn scores_sample_parquet_to_jsonl_in_input_order() {
     let tokens = stats["tokens"].as_u64().unwrap();
     assert!(stats["padded_tokens"].as_u64().unwrap() >= tokens);
     assert!(!dir.path().join("scores.jsonl.partial").exists());
+}
+
+/// Many small windows (each tokenized while the previous one is scored) and two model replicas
+/// sharing the batches: rows still come out in input order, each with its own score.
+#[test]
+fn pipelined_windows_on_two_replicas_keep_input_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("scores.jsonl");
+    let input = repo().join("sample_data/sft_sample.parquet");
+    let args = ["--window", "7", "--device", "cpu,cpu", "--batch-size", "3", "--no-progress"];
+    let run = skyscore(
+        &[&["score", "--model", &tiny_llama(), "--input", p(&input), "--output", p(&out)][..], &args].concat(),
+    );
+    assert!(run.status.success(), "{}", stderr(&run));
+    let expected = expected_sample_scores("tiny-llama");
+    let lines: Vec<serde_json::Value> = read_jsonl(&out);
+    assert_eq!(lines.len(), 320);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["id"].as_i64(), Some(i as i64), "input order");
+        let score = line["score"].as_f64().unwrap();
+        assert!((score - expected[&(i as i64)]).abs() <= 1e-4, "row {i}: {score} vs {}", expected[&(i as i64)]);
+    }
 }
 
 #[test]
@@ -233,6 +255,14 @@ fn bad_inputs_fail_cleanly() {
     assert_clean_failure(&run, "unknown output format");
     let run = skyscore(&["score", "--model", &model, "--input", p(&good), "--output", p(&out), "--device", "tpu"]);
     assert_clean_failure(&run, "unknown device `tpu`");
+    let run =
+        skyscore(&["score", "--model", &model, "--input", p(&good), "--output", p(&out), "--device", "cpu,cuda:1"]);
+    assert_clean_failure(&run, "mixes cpu and cuda");
+    // CI builds have no CUDA: asking for a GPU says how to get a build that has it.
+    if !cfg!(feature = "cuda") {
+        let run = skyscore(&["score", "--model", &model, "--input", p(&good), "--output", p(&out), "--device", "cuda"]);
+        assert_clean_failure(&run, "built without CUDA (build it with scripts/build-cuda.sh)");
+    }
     let run = skyscore(&["score", "--model", &model, "--input", p(&good), "--output", p(&out), "--dtype", "f8"]);
     assert_clean_failure(&run, "unknown dtype `f8`");
 }

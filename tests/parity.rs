@@ -105,6 +105,42 @@ fn scores_do_not_depend_on_batch_mates() {
     }
 }
 
+/// Several replicas (`--device cpu,cpu,cpu` here; `cuda:0,cuda:1` on a GPU node) share the
+/// batches of one call; every score lands on its own row. Tokenizing in small pipelined chunks
+/// gives the same scores as well.
+#[test]
+fn replicas_and_pipelined_chunks_keep_every_score_on_its_row() {
+    use skyscore::DeviceSpec;
+    let all_rows = parity_rows();
+    let expected = expected("tiny-llama", "full");
+    let rows: Vec<Row> = expected.iter().map(|e| all_rows.iter().find(|r| r.id == e.id).unwrap().clone()).collect();
+    let reqs = requests(&rows);
+    let opts = EngineOptions {
+        batch_size: 5,
+        devices: DeviceSpec::parse_list("cpu,cpu,cpu").unwrap(),
+        pipeline_chunk_rows: 37,
+        ..Default::default()
+    };
+    let engine = Engine::load(model_dir("tiny-llama").to_str().unwrap(), &opts).unwrap();
+    let scores = engine.score_requests(&reqs).unwrap();
+    assert_eq!(scores.len(), expected.len());
+    for (score, exp) in scores.iter().zip(&expected) {
+        let delta = (*score as f64 - exp.score).abs();
+        assert!(delta <= TOLERANCE, "id {}: {score} vs transformers {} (|Δ|={delta:e})", exp.id, exp.score);
+    }
+}
+
+#[test]
+fn device_lists_parse_and_reject_mixtures() {
+    use skyscore::DeviceSpec;
+    assert_eq!(DeviceSpec::parse_list("cuda").unwrap(), vec![DeviceSpec::Cuda(0)]);
+    assert_eq!(DeviceSpec::parse_list("cuda:0, cuda:1").unwrap(), vec![DeviceSpec::Cuda(0), DeviceSpec::Cuda(1)]);
+    assert_eq!(DeviceSpec::list_to_string(&[DeviceSpec::Cuda(0), DeviceSpec::Cuda(3)]), "cuda:0,cuda:3");
+    assert!(DeviceSpec::parse_list("cpu,cuda:0").unwrap_err().contains("mixes cpu and cuda"));
+    assert!(DeviceSpec::parse_list("cuda:x").unwrap_err().contains("unknown device `cuda:x`"));
+    assert!(DeviceSpec::parse_list("").is_err());
+}
+
 /// The real Llama-3 and Qwen3 chat templates render multi-turn conversations (system turns,
 /// think blocks, tool responses, generation prompts) exactly as transformers does.
 #[test]

@@ -25,13 +25,16 @@ pub struct EngineArgs {
     /// does), left keeps the last. [default: right]
     #[arg(long, value_enum)]
     pub truncation_side: Option<TruncationSide>,
-    /// Most rows per forward pass. [default: 16]
+    /// Most rows per forward pass on CPU. On GPU, batches are sized by --max-batch-tokens
+    /// alone. [default: 16]
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Most padded tokens per forward pass. [default: 8192 on CPU, 65536 on GPU]
+    /// Most padded tokens (rows × longest row) per forward pass: the GPU batch size knob.
+    /// Lower it if the card runs out of memory. [default: 8192 on CPU, 65536 on GPU]
     #[arg(long)]
     pub max_batch_tokens: Option<usize>,
-    /// cpu, cuda or cuda:N. [default: cpu]
+    /// cpu, cuda, cuda:N, or a list such as cuda:0,cuda:1 (one model replica per device,
+    /// batches spread over them). [default: cpu]
     #[arg(long)]
     pub device: Option<String>,
     /// Weight and compute dtype: f32, f16 or bf16. [default: f32 on CPU, bf16 on CUDA]
@@ -52,12 +55,7 @@ impl EngineArgs {
             Some(path) => ScorerConfig::load(path)?,
             None => ScorerConfig::default(),
         };
-        let device: DeviceSpec = self
-            .device
-            .clone()
-            .or(cfg.device.clone())
-            .unwrap_or_else(|| "cpu".into())
-            .parse()
+        let devices = DeviceSpec::parse_list(self.device.as_deref().or(cfg.device.as_deref()).unwrap_or("cpu"))
             .map_err(anyhow::Error::msg)?;
         Ok(ResolvedEngine {
             model: self.model.clone().unwrap_or(cfg.model),
@@ -66,8 +64,9 @@ impl EngineArgs {
                 truncation_side: self.truncation_side.unwrap_or(cfg.truncation_side),
                 batch_size: self.batch_size.unwrap_or(cfg.batch_size),
                 max_batch_tokens: self.max_batch_tokens.or(cfg.max_batch_tokens),
-                device,
+                devices,
                 dtype: self.dtype.clone().or(cfg.dtype),
+                ..Default::default()
             },
         })
     }

@@ -14,7 +14,8 @@ use skyscore_udf::ScoreRequest;
 use super::engine_args::EngineArgs;
 use super::progress::Progress;
 use super::summary::RunSummary;
-use crate::engine::Engine;
+use crate::encode::Encoded;
+use crate::engine::{DeviceSpec, Engine};
 use crate::io::{open_input, ColumnNames, OutputWriter, SftColumns};
 
 #[derive(Debug, Args)]
@@ -52,9 +53,10 @@ pub struct ScoreArgs {
     /// instead of failing.
     #[arg(long)]
     pub skip_invalid: bool,
-    /// Rows read, tokenized and length-sorted together.
-    #[arg(long, default_value_t = 1024)]
-    pub window: usize,
+    /// Rows read, tokenized and length-sorted together (the next window is tokenized while
+    /// the model works on this one). [default: 1024 on CPU, 16384 on GPU]
+    #[arg(long)]
+    pub window: Option<usize>,
     /// Write the end-of-run figures as JSON.
     #[arg(long)]
     pub stats_json: Option<PathBuf>,
@@ -72,17 +74,21 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         output: args.output_column.clone(),
         id: args.id_column.clone(),
     };
-    let input = open_input(&args.input, args.window.max(1))?;
+    let on_gpu = resolved.options.devices.iter().any(|d| *d != DeviceSpec::Cpu);
+    let window = args.window.unwrap_or(if on_gpu { 16384 } else { 1024 });
+    let input = open_input(&args.input, window.max(1))?;
     let file = args.input.display().to_string();
     names.check(&input.schema, &file)?;
     let id_column = names.id_column(&input.schema).map(str::to_string);
     let out_schema = output_schema(&input.schema, id_column.as_deref(), args.keep_columns)?;
 
     let engine = Engine::load(&resolved.model, &resolved.options)?;
+    let load_s = started.elapsed().as_secs_f64();
     let mut writer = OutputWriter::create(&args.output, out_schema.clone(), engine.metadata())?;
     let mut summary = RunSummary {
         model: resolved.model.clone(),
-        device: resolved.options.device.to_string(),
+        device: DeviceSpec::list_to_string(&resolved.options.devices),
+        load_s: Some(load_s),
         dtype: format!("{:?}", engine.dtype()).to_lowercase(),
         max_length: resolved.options.max_length,
         batch_size: resolved.options.batch_size,
@@ -90,18 +96,33 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     };
     let mut progress = Progress::new(input.num_rows, !args.no_progress);
 
-    let result = (|| -> Result<()> {
-        for batch in input.batches {
-            let batch = batch?;
-            let scored = score_batch(&engine, &batch, &names, id_column.as_deref(), &args, &mut summary, &mut progress)
+    // Reading and tokenizing the next window (its own thread, rayon inside) overlaps the
+    // forward passes of the current one; the channel holds one window so memory stays bounded.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Prepared>>(1);
+    let result = std::thread::scope(|scope| -> Result<()> {
+        let (engine, names, id_column, args, file) = (&engine, &names, id_column.as_deref(), &args, &file);
+        scope.spawn(move || {
+            let mut first_row = 0;
+            for batch in input.batches {
+                let prepared = batch.and_then(|b| prepare_window(engine, b, names, id_column, args, first_row));
+                let prepared = prepared.with_context(|| format!("scoring {file}"));
+                let failed = prepared.is_err();
+                first_row += prepared.as_ref().map_or(0, |p| p.batch.num_rows());
+                if tx.send(prepared).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        for prepared in rx {
+            let prepared = prepared?;
+            let scored = score_window(engine, &prepared, &mut summary, &mut progress)
                 .with_context(|| format!("scoring {file}"))?;
-            let out =
-                build_output(&out_schema, &batch, id_column.as_deref(), summary.rows, &scored, args.keep_columns)?;
+            let out = build_output(&out_schema, &prepared.batch, id_column, summary.rows, &scored, args.keep_columns)?;
             writer.write(&out)?;
-            summary.rows += batch.num_rows();
+            summary.rows += prepared.batch.num_rows();
         }
         Ok(())
-    })();
+    });
     progress.finish();
     if let Err(e) = result {
         writer.abandon();
@@ -125,22 +146,28 @@ struct Scored {
     truncated: Vec<Option<bool>>,
 }
 
-/// Scores one input batch; `summary.rows` (rows before this batch) numbers rows in messages.
-fn score_batch(
+/// One input window, checked and tokenized, waiting for the device.
+struct Prepared {
+    batch: RecordBatch,
+    /// (row in the window, its tokens), for the rows that will be scored.
+    valid: Vec<(usize, Encoded)>,
+    skipped: usize,
+}
+
+/// Checks and tokenizes one input window; `first_row` (rows before it) numbers rows in
+/// messages. Rows with a NULL required field or an unrenderable prompt are an error, or are
+/// skipped (null score) with --skip-invalid.
+fn prepare_window(
     engine: &Engine,
-    batch: &RecordBatch,
+    batch: RecordBatch,
     names: &ColumnNames,
     id_column: Option<&str>,
     args: &ScoreArgs,
-    summary: &mut RunSummary,
-    progress: &mut Progress,
-) -> Result<Scored> {
+    first_row: usize,
+) -> Result<Prepared> {
     let n = batch.num_rows();
-    let first_row = summary.rows;
-    let cols = SftColumns::new(batch, names)?;
-    let describe = |i: usize| row_label(batch, id_column, first_row, i);
-
-    // Rows with a NULL required field are invalid: an error, or a null score when skipping.
+    let describe = |i: usize| row_label(&batch, id_column, first_row, i);
+    let cols = SftColumns::new(&batch, names)?;
     let mut requests: Vec<(usize, ScoreRequest)> = Vec::with_capacity(n);
     let mut skipped = 0;
     for i in 0..n {
@@ -160,7 +187,7 @@ fn score_batch(
     }
     let reqs: Vec<ScoreRequest> = requests.iter().map(|(_, r)| *r).collect();
     let encoded = engine.encoder().encode_all(&reqs);
-    let mut valid: Vec<(usize, crate::encode::Encoded)> = Vec::with_capacity(encoded.len());
+    let mut valid: Vec<(usize, Encoded)> = Vec::with_capacity(encoded.len());
     for ((row, _), enc) in requests.iter().zip(encoded) {
         match enc {
             Ok(e) => valid.push((*row, e)),
@@ -171,16 +198,27 @@ fn score_batch(
             Err(e) => bail!("{}: {e}", describe(*row)),
         }
     }
-    progress.advance(skipped, 0);
-    let refs: Vec<&crate::encode::Encoded> = valid.iter().map(|(_, e)| e).collect();
+    drop(cols);
+    Ok(Prepared { batch, valid, skipped })
+}
+
+/// Runs one prepared window through the model.
+fn score_window(
+    engine: &Engine,
+    prepared: &Prepared,
+    summary: &mut RunSummary,
+    progress: &mut Progress,
+) -> Result<Scored> {
+    let n = prepared.batch.num_rows();
+    progress.advance(prepared.skipped, 0);
+    let refs: Vec<&Encoded> = prepared.valid.iter().map(|(_, e)| e).collect();
     let model_started = Instant::now();
     let scored = engine.score_encoded(&refs, |rows, tokens| progress.advance(rows, tokens))?;
     summary.model_s += model_started.elapsed().as_secs_f64();
     let stats = scored.stats;
-    let scores = scored.scores;
 
     let mut out = Scored { score: vec![None; n], num_tokens: vec![None; n], truncated: vec![None; n] };
-    for ((row, enc), score) in valid.iter().zip(scores) {
+    for ((row, enc), score) in prepared.valid.iter().zip(scored.scores) {
         out.score[*row] = Some(score);
         out.num_tokens[*row] = Some(enc.ids.len() as u32);
         out.truncated[*row] = Some(enc.truncated);
@@ -189,7 +227,7 @@ fn score_batch(
     summary.tokens += stats.tokens;
     summary.padded_tokens += stats.padded_tokens;
     summary.batches += stats.batches;
-    summary.skipped_rows += skipped;
+    summary.skipped_rows += prepared.skipped;
     summary.truncated_rows += stats.truncated_rows;
     Ok(out)
 }

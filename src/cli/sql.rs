@@ -95,7 +95,7 @@ pub fn run(args: SqlArgs) -> Result<()> {
         tokens_per_s: stats.tokens as f64 / wall_s.max(1e-9),
         model_s: stats.model_s,
         model: resolved.model.clone(),
-        device: resolved.options.device.to_string(),
+        device: crate::engine::DeviceSpec::list_to_string(&resolved.options.devices),
         dtype: resolved.options.dtype.clone().unwrap_or_default(),
         max_length: resolved.options.max_length,
         batch_size: resolved.options.batch_size,

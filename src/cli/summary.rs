@@ -23,6 +23,9 @@ pub struct RunSummary {
     pub truncated_rows: usize,
     pub batches: usize,
     pub wall_s: f64,
+    /// Seconds spent loading the model, part of `wall_s` (`skyscore score`; the SQL shell
+    /// loads it lazily).
+    pub load_s: Option<f64>,
     pub tokens_per_s: f64,
     /// Seconds spent inside the model's scoring calls.
     pub model_s: f64,

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Builds skyscore's CUDA binary on a machine with no GPU and no CUDA install, then strips and
+# compresses it so it can be carried to a GPU machine.
+#
+# - CUDA comes from PyPI wheels only, pinned to 13.0.x: the GPU machines run driver 580 (CUDA 13.0),
+#   which cannot load PTX from a newer nvcc.
+# - No wheel carries the driver's libcuda.so; we link against a stub that exports the driver API's
+#   names (made from cuda.h). At run time the real libcuda.so.1 of the driver is used.
+# - Kernels are built for one compute capability, sm_90 (H100/H200) unless CUDA_COMPUTE_CAP says
+#   otherwise (cudaforge would otherwise ask nvidia-smi, which a build machine does not have).
+#
+# Usage:   scripts/build-cuda.sh [OUTPUT_DIR]          (default: dist)
+# Output:  OUTPUT_DIR/skyscore-cuda-sm${CUDA_COMPUTE_CAP}.xz   (xz -d, chmod +x; needs the CUDA 13
+#          runtime libraries on LD_LIBRARY_PATH there: cudart, cublas, cublasLt, curand, nvrtc)
+# Env:     SKYSCORE_CUDA_HOME  where the toolkit is unpacked (default /var/tmp/skyscore-cuda/13.0)
+#          CARGO_TARGET_DIR    (default /var/tmp/skyscore-target-release, shared with release builds)
+#          CUDA_COMPUTE_CAP    (default 90)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out_dir="${1:-dist}"
+cuda_home="${SKYSCORE_CUDA_HOME:-/var/tmp/skyscore-cuda/13.0}"
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/skyscore-target-release}"
+
+# The CUDA 13.0 pieces candle's CUDA backend needs to build and link. Versions are pinned one by one:
+# nvcc's own requirements (crt, nvvm) are unpinned on PyPI and would pull a newer release.
+wheels=(
+  nvidia-cuda-nvcc==13.0.88     # nvcc, ptxas, fatbinary
+  nvidia-cuda-crt==13.0.88      # nvcc's crt headers
+  nvidia-nvvm==13.0.88          # cicc, libdevice
+  nvidia-cuda-cccl==13.0.85     # cub/thrust/libcu++ headers
+  nvidia-cuda-runtime==13.0.96  # cuda.h, cuda_runtime.h, libcudart
+  nvidia-cublas==13.1.0.3       # libcublas, libcublasLt
+  nvidia-curand==10.4.0.35      # libcurand (CUDA 13.0's)
+  nvidia-cuda-nvrtc==13.0.88    # libnvrtc
+)
+
+install_toolkit() {
+  local staging="$cuda_home.staging"
+  rm -rf "$staging" && mkdir -p "$staging/wheels"
+  echo "build-cuda: downloading CUDA 13.0 wheels from PyPI into $staging"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$staging/wheels" "${wheels[@]}"
+  for wheel in "$staging"/wheels/*.whl; do
+    python3 -m zipfile -e "$wheel" "$staging/unpacked"
+  done
+  local root="$staging/unpacked/nvidia/cu13"
+  chmod +x "$root"/bin/* "$root"/nvvm/bin/* 2>/dev/null || true
+  # The linker looks for unversioned names (-lcublas ...); wheels ship only the versioned ones.
+  for lib in "$root"/lib/lib*.so.*; do
+    local base="${lib##*/}"
+    ln -sf "$base" "$root/lib/${base%%.so.*}.so"
+  done
+  # Link stub for the driver library: every cu* name cuda.h declares or aliases (cuMemAlloc ->
+  # cuMemAlloc_v2 ...), as empty functions, with the driver's soname so the binary asks for
+  # libcuda.so.1 at run time.
+  mkdir -p "$root/lib/stubs"
+  grep -ohE '\bcu[A-Z][A-Za-z0-9_]*\b' "$root/include/cuda.h" | sort -u \
+    | awk '{ print "void " $1 "(void) {}" }' >"$staging/libcuda_stub.c"
+  cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$root/lib/stubs/libcuda.so" "$staging/libcuda_stub.c"
+  rm -rf "$cuda_home" && mkdir -p "$(dirname "$cuda_home")"
+  mv "$root" "$cuda_home"
+  printf '%s\n' "${wheels[@]}" >"$cuda_home/WHEELS"
+  rm -rf "$staging"
+}
+
+wanted="$(printf '%s\n' "${wheels[@]}")"
+if [[ ! -f "$cuda_home/WHEELS" || "$(cat "$cuda_home/WHEELS")" != "$wanted" ]]; then
+  install_toolkit
+fi
+
+export CUDA_HOME="$cuda_home"
+export PATH="$cuda_home/bin:$PATH"
+export LIBRARY_PATH="$cuda_home/lib:$cuda_home/lib/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}"
+nvcc --version | tail -2
+echo "build-cuda: cargo build --release --features cuda (sm_$CUDA_COMPUTE_CAP, target dir $CARGO_TARGET_DIR)"
+cargo build --release --locked --features cuda --bin skyscore
+
+mkdir -p "$out_dir"
+name="skyscore-cuda-sm$CUDA_COMPUTE_CAP"
+strip -o "$out_dir/$name" "$CARGO_TARGET_DIR/release/skyscore"
+rm -f "$out_dir/$name.xz"
+xz -T0 -9 "$out_dir/$name"
+echo "build-cuda: $out_dir/$name.xz ($(du -h "$out_dir/$name.xz" | cut -f1)); needs at run time:"
+xz -dc "$out_dir/$name.xz" >"$out_dir/.probe" && readelf -d "$out_dir/.probe" | grep NEEDED | sed 's/^/  /'
+rm -f "$out_dir/.probe"
