@@ -51,11 +51,11 @@ install_toolkit() {
     ln -sf "$base" "$root/lib/${base%%.so.*}.so"
   done
   # Link stub for the driver library: every cu* name cuda.h declares or aliases (cuMemAlloc ->
-  # cuMemAlloc_v2 ...), as empty functions, with the driver's soname so the binary asks for
-  # libcuda.so.1 at run time.
+  # cuMemAlloc_v2 ...), with the driver's soname so the binary asks for libcuda.so.1 at run time.
+  # Like NVIDIA's own stubs, each returns CUDA_ERROR_STUB_LIBRARY (34) if it is ever loaded.
   mkdir -p "$root/lib/stubs"
   grep -ohE '\bcu[A-Z][A-Za-z0-9_]*\b' "$root/include/cuda.h" | sort -u \
-    | awk '{ print "void " $1 "(void) {}" }' >"$staging/libcuda_stub.c"
+    | awk '{ print "int " $1 "(void) { return 34; }" }' >"$staging/libcuda_stub.c"
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$root/lib/stubs/libcuda.so" "$staging/libcuda_stub.c"
   rm -rf "$cuda_home" && mkdir -p "$(dirname "$cuda_home")"
   mv "$root" "$cuda_home"
@@ -71,6 +71,8 @@ fi
 export CUDA_HOME="$cuda_home"
 export PATH="$cuda_home/bin:$PATH"
 export LIBRARY_PATH="$cuda_home/lib:$cuda_home/lib/stubs${LIBRARY_PATH:+:$LIBRARY_PATH}"
+# Lets the linker find what the CUDA libraries themselves need (libcublas -> libcublasLt).
+export LD_LIBRARY_PATH="$cuda_home/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 nvcc --version | tail -2
 echo "build-cuda: cargo build --release --features cuda (sm_$CUDA_COMPUTE_CAP, target dir $CARGO_TARGET_DIR)"
 cargo build --release --locked --features cuda --bin skyscore

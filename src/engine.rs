@@ -259,11 +259,14 @@ impl Engine {
     fn run_batch(&self, replica: &Replica, rows: &[&Encoded], batch_rows: &[usize]) -> Result<BatchResult> {
         let ids: Vec<&[u32]> = batch_rows.iter().map(|&i| rows[i].ids.as_slice()).collect();
         let batch = ModelBatch::padded(&ids, self.pad_token_id, &replica.device)?;
-        let logits: Vec<f32> = replica
-            .model
-            .forward(&batch)
-            .and_then(|t| t.to_vec1())
-            .with_context(|| format!("forward on {}", replica.spec))?;
+        let logits: Vec<f32> = replica.model.forward(&batch).and_then(|t| t.to_vec1()).with_context(|| {
+            let (rows, width) = (ids.len(), batch.padded_tokens() / ids.len().max(1));
+            let hint = match replica.spec {
+                DeviceSpec::Cuda(_) => "; if the card ran out of memory, lower --max-batch-tokens",
+                DeviceSpec::Cpu => "",
+            };
+            format!("forward pass on {} ({rows} rows × {width} tokens){hint}", replica.spec)
+        })?;
         Ok(BatchResult { logits, tokens: ids.iter().map(|r| r.len()).sum(), padded_tokens: batch.padded_tokens() })
     }
 

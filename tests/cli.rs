@@ -181,6 +181,25 @@ fn json_array_with_string_ids_and_config_file() {
     assert!((lines[1]["score"].as_f64().unwrap() - by_id("edge-2")).abs() <= 1e-4);
 }
 
+/// JSON ids that mix numbers and strings come out as strings, each row's own.
+#[test]
+fn mixed_number_and_string_ids_are_read_as_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write(
+        dir.path(),
+        "mixed.jsonl",
+        "{\"id\": 7, \"instruction\": \"a\", \"output\": \"b\"}\n{\"id\": \"edge-1\", \"instruction\": \"c\", \"output\": \"d\"}\n",
+    );
+    let out = dir.path().join("o.jsonl");
+    let run =
+        skyscore(&["score", "--model", &tiny_llama(), "--input", p(&input), "--output", p(&out), "--no-progress"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let lines: Vec<serde_json::Value> = read_jsonl(&out);
+    let ids: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["7", "edge-1"]);
+    assert!(lines.iter().all(|l| l["score"].is_f64()));
+}
+
 #[test]
 fn null_instruction_is_an_error_naming_the_row() {
     let dir = tempfile::tempdir().unwrap();

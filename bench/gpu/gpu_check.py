@@ -25,7 +25,11 @@ OUT = Path(os.environ.get("OUT", "/tmp/gpu-check-out"))
 WORK = Path(os.environ.get("WORK", "/tmp/gpu-check"))
 PY = sys.executable
 BUDGET_S = float(os.environ.get("GPU_CHECK_BUDGET_S", "450"))  # stop starting new steps after this
-REPEAT = int(os.environ.get("GPU_CHECK_REPEAT", "8"))  # copies of the 320 sample rows for (b)
+REPEAT = int(os.environ.get("GPU_CHECK_REPEAT", "8"))  # copies of the 320 sample rows for (b), 1B shape
+# A dry run on a CPU machine checks this script itself:
+#   GPU_CHECK_DEVICE=cpu GPU_CHECK_SHAPES=test GPU_CHECK_REPEAT=1 BIN=... python bench/gpu/gpu_check.py
+DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")
+SHAPES = os.environ.get("GPU_CHECK_SHAPES", "1b,8b").split(",")
 STARTED = time.perf_counter()
 # Dense bf16 tensor-core peak from NVIDIA's datasheets (SXM parts), TFLOP/s.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
@@ -67,7 +71,9 @@ def step(name):
 
 
 def read_scores(path):
-    return {json.loads(l)["id"]: json.loads(l)["score"] for l in open(path) if l.strip()}
+    """Scores by id; ids as text (skyscore reads a column of mixed number/string ids as text)."""
+    rows = [json.loads(l) for l in open(path) if l.strip()]
+    return {str(r["id"]): r["score"] for r in rows}
 
 
 def max_delta(a, b):
@@ -84,9 +90,12 @@ def skyscore(model, rows, out, *extra):
 
 @step("environment")
 def environment():
-    smi = sh(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"])
     import torch
     import transformers
+    if DEVICE == "cpu":
+        report["peak_tflops"] = float(os.environ.get("PEAK_TFLOPS", "1"))
+        return {"gpu": None, "torch": torch.__version__, "transformers": transformers.__version__}
+    smi = sh(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"])
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     for _ in range(3):
@@ -115,7 +124,7 @@ def parity_fixtures():
         spread = statistics.pstdev(hf.values())
         for dtype in ["f32", "bf16"]:
             out = WORK / f"gpu-{model}-{dtype}.jsonl"
-            skyscore(ROOT / "sample_data/models" / model, rows, out, "--device", "cuda", "--dtype", dtype)
+            skyscore(ROOT / "sample_data/models" / model, rows, out, "--device", DEVICE, "--dtype", dtype)
             gpu = read_scores(out)
             result[f"{model}/{dtype}"] = {"rows": len(gpu), "max_abs_delta_vs_cpu_f32": max_delta(gpu, cpu),
                                           "max_abs_delta_vs_transformers_f32": max_delta(gpu, hf),
@@ -125,9 +134,10 @@ def parity_fixtures():
             result[f"{model}/bf16"]["max_abs_delta_vs_cpu_bf16"] = max_delta(read_scores(out), read_scores(cpu_bf16))
     # Two replicas on one card run the multi-device path (threads, batch hand-out, reassembly).
     out = WORK / "gpu-tiny-llama-2replicas.jsonl"
-    skyscore(ROOT / "sample_data/models/tiny-llama", rows, out, "--device", "cuda:0,cuda:0", "--dtype", "f32",
+    two = "cpu,cpu" if DEVICE == "cpu" else "cuda:0,cuda:0"
+    skyscore(ROOT / "sample_data/models/tiny-llama", rows, out, "--device", two, "--dtype", "f32",
              "--max-batch-tokens", "2048")
-    result["tiny-llama/f32/cuda:0,cuda:0"] = {
+    result[f"tiny-llama/f32/{two}"] = {
         "max_abs_delta_vs_one_replica": max_delta(read_scores(out), read_scores(WORK / "gpu-tiny-llama-f32.jsonl"))}
     ok = all(v.get("max_abs_delta_vs_cpu_f32", 0) <= 1e-4 for k, v in result.items() if k.endswith("/f32"))
     ok &= all(v["max_abs_delta_vs_transformers_f32"] <= 0.1 for k, v in result.items() if k.endswith("/bf16"))
@@ -135,11 +145,11 @@ def parity_fixtures():
     return result
 
 
-def make_rows():
-    rows = WORK / "rows.jsonl"
+def make_rows(repeat):
+    rows = WORK / f"rows-x{repeat}.jsonl"
     src = [json.loads(l) for l in open(ROOT / "sample_data/sft_sample.jsonl") if l.strip()]
     with open(rows, "w") as f:
-        for r in range(REPEAT):
+        for r in range(repeat):
             for i, row in enumerate(src):
                 f.write(json.dumps({"id": r * len(src) + i, "instruction": row["instruction"],
                                     "input": row.get("input") or "", "output": row["output"]}) + "\n")
@@ -148,20 +158,20 @@ def make_rows():
 
 def reference(model, rows, out, sort):
     args = [PY, ROOT / "tests/reference/reference_score.py", "--model", model, "--input", rows, "--output", out,
-            "--dtype", "bfloat16", "--device", "cuda", "--attn", "sdpa", "--warmup"]
+            "--dtype", "bfloat16", "--device", DEVICE, "--attn", "sdpa", "--warmup"]
     r = sh(args + (["--sort-by-length"] if sort else []))
     return json.loads(r.stderr.strip().splitlines()[-1])
 
 
-def throughput(shape):
+def throughput(shape, repeat, sweep_budgets):
     model = WORK / f"llama-{shape}"
     made = json.loads(sh([PY, ROOT / "bench/gpu/make_llama_shape.py", "--shape", shape,
                           "--tokenizer", ROOT / "dist/llama3-tokenizer", "--out", model]).stdout.strip().splitlines()[-1])
     params = made["parameters"]
-    rows = make_rows()
+    rows = make_rows(repeat)
     # First run loads candle's kernels (the driver compiles their PTX once and caches it).
-    sky_warm = skyscore(model, rows, WORK / f"sky-{shape}-warm.jsonl", "--device", "cuda")
-    sky = skyscore(model, rows, WORK / f"sky-{shape}.jsonl", "--device", "cuda")
+    sky_warm = skyscore(model, rows, WORK / f"sky-{shape}-warm.jsonl", "--device", DEVICE, "--dtype", "bf16")
+    sky = skyscore(model, rows, WORK / f"sky-{shape}.jsonl", "--device", DEVICE, "--dtype", "bf16")
     sky_s = sky["wall_s"] - sky["load_s"]
     py_in = reference(model, rows, WORK / f"py-{shape}.jsonl", sort=False)
     py_sorted = reference(model, rows, WORK / f"pys-{shape}.jsonl", sort=True)
@@ -189,10 +199,10 @@ def throughput(shape):
     }
     # Batch budget sweep (same rows): how the token budget trades memory for speed.
     sweep = {}
-    for budget in (16384, 32768, 131072):
+    for budget in sweep_budgets:
         if elapsed() > BUDGET_S:
             break
-        s = skyscore(model, rows, WORK / f"sky-{shape}-{budget}.jsonl", "--device", "cuda",
+        s = skyscore(model, rows, WORK / f"sky-{shape}-{budget}.jsonl", "--device", DEVICE, "--dtype", "bf16",
                      "--max-batch-tokens", str(budget))
         sweep[budget] = round(s["tokens"] / (s["wall_s"] - s["load_s"]))
     res["skyscore_tokens_per_s_by_max_batch_tokens"] = sweep
@@ -204,11 +214,13 @@ def main():
     WORK.mkdir(parents=True, exist_ok=True)
     environment()
     parity_fixtures()
-    step("throughput_llama_1b_shape")(throughput)("1b")
-    if elapsed() < BUDGET_S * 0.45:
-        step("throughput_llama_8b_shape")(throughput)("8b")
-    else:
-        report["steps"]["throughput_llama_8b_shape"] = {"skipped": f"time: {elapsed():.0f} s used"}
+    for shape in SHAPES:
+        name = f"throughput_llama_{shape}_shape"
+        if shape == "8b" and elapsed() > BUDGET_S * 0.5:
+            report["steps"][name] = {"skipped": f"time: {elapsed():.0f} s used"}
+            continue
+        repeat, sweep = (max(1, REPEAT // 4), ()) if shape == "8b" else (REPEAT, (16384, 32768, 131072))
+        step(name)(throughput)(shape, repeat, sweep)
     report["elapsed_s"] = round(elapsed(), 1)
     (OUT / "gpu-check.json").write_text(json.dumps(report, indent=1))
     print("\n== summary")

@@ -28,6 +28,11 @@ SHAPES = {
                num_key_value_heads=8, head_dim=128, tie_word_embeddings=False,
                rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    # A small stand-in for dry runs of the GPU check on a CPU machine.
+    "test": dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=8,
+                 num_key_value_heads=2, head_dim=32, tie_word_embeddings=True,
+                 rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
 }
 # A special token the chat template never emits: pooling then picks each row's last token.
 PAD_TOKEN = "<|reserved_special_token_2|>"

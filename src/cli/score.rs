@@ -198,7 +198,6 @@ fn prepare_window(
             Err(e) => bail!("{}: {e}", describe(*row)),
         }
     }
-    drop(cols);
     Ok(Prepared { batch, valid, skipped })
 }
 

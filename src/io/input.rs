@@ -67,14 +67,20 @@ pub fn open_input(path: &Path, batch_rows: usize) -> Result<InputTable> {
                 let it = reader.map(move |b| b.with_context(|| format!("reading {}", p.display())));
                 (schema, Some(rows), Box::new(it))
             }
+            // Schemas are inferred from the data; a column holding both numbers and strings (ids
+            // such as 7 and "edge-1") is inferred as a string column, and `coerce_primitive` lets
+            // the numbers in it decode as their text instead of failing the file.
             InputFormat::Jsonl => {
                 let mut file = BufReader::new(File::open(path).with_context(ctx)?);
                 let (schema, _) = infer_json_schema_from_seekable(&mut file, None).with_context(ctx)?;
                 file.seek(SeekFrom::Start(0))?;
                 let lines = count_json_lines(path)?;
                 let schema = Arc::new(schema);
-                let reader =
-                    ReaderBuilder::new(schema.clone()).with_batch_size(batch_rows).build(file).with_context(ctx)?;
+                let reader = ReaderBuilder::new(schema.clone())
+                    .with_batch_size(batch_rows)
+                    .with_coerce_primitive(true)
+                    .build(file)
+                    .with_context(ctx)?;
                 let p = path.to_path_buf();
                 let it = reader.map(move |b| b.with_context(|| format!("reading {}", p.display())));
                 (schema, Some(lines), Box::new(it))
@@ -87,7 +93,10 @@ pub fn open_input(path: &Path, batch_rows: usize) -> Result<InputTable> {
                 }
                 let schema = Arc::new(infer_json_schema_from_iterator(values.iter().map(Ok)).with_context(ctx)?);
                 let n = values.len();
-                let mut decoder = ReaderBuilder::new(schema.clone()).with_batch_size(batch_rows).build_decoder()?;
+                let mut decoder = ReaderBuilder::new(schema.clone())
+                    .with_batch_size(batch_rows)
+                    .with_coerce_primitive(true)
+                    .build_decoder()?;
                 let p = path.to_path_buf();
                 let mut chunks = values.chunks(batch_rows.max(1)).map(|c| c.to_vec()).collect::<Vec<_>>().into_iter();
                 let it = std::iter::from_fn(move || {

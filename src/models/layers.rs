@@ -103,11 +103,13 @@ impl RotaryEmbedding {
 
 /// Additive causal mask `[1, 1, seq, seq]`: 0 on and below the diagonal, -inf above.
 /// With right padding this is the whole mask: real tokens never see the pads behind them, and
-/// what pad positions compute is never pooled.
+/// what pad positions compute is never pooled. Built on the device (no `seq²` upload per batch).
 pub fn causal_mask(seq_len: usize, device: &Device, dtype: DType) -> Result<Tensor> {
-    let mask: Vec<f32> =
-        (0..seq_len).flat_map(|i| (0..seq_len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 })).collect();
-    Tensor::from_vec(mask, (1, 1, seq_len, seq_len), device)?.to_dtype(dtype)
+    let positions = Tensor::arange(0u32, seq_len as u32, device)?;
+    let future = positions.unsqueeze(0)?.broadcast_gt(&positions.unsqueeze(1)?)?; // key j > query i
+    let neg_inf = Tensor::new(f32::NEG_INFINITY, device)?.to_dtype(dtype)?.broadcast_as((seq_len, seq_len))?;
+    let zero = Tensor::zeros((seq_len, seq_len), dtype, device)?;
+    future.where_cond(&neg_inf, &zero)?.reshape((1, 1, seq_len, seq_len))
 }
 
 /// Most attention scores held at once, in elements (`b × heads × query rows × keys`): 64M,
@@ -275,6 +277,14 @@ mod tests {
         let yarn = RopeParameters { rope_type: Some("yarn".into()), ..Default::default() };
         let err = RotaryEmbedding::from_config(64, None, Some(&yarn), None, 10_000.0).unwrap_err().to_string();
         assert!(err.contains("yarn"), "{err}");
+    }
+
+    #[test]
+    fn causal_mask_hides_the_future_only() {
+        let mask = causal_mask(3, &Device::Cpu, DType::F32).unwrap();
+        let rows: Vec<Vec<f32>> = mask.squeeze(0).unwrap().squeeze(0).unwrap().to_vec2().unwrap();
+        let inf = f32::NEG_INFINITY;
+        assert_eq!(rows, vec![vec![0.0, inf, inf], vec![0.0, 0.0, inf], vec![0.0, 0.0, 0.0]]);
     }
 
     #[test]
