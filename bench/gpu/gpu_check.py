@@ -29,7 +29,7 @@ REPEAT = int(os.environ.get("GPU_CHECK_REPEAT", "8"))  # copies of the 320 sampl
 # A dry run on a CPU machine checks this script itself:
 #   GPU_CHECK_DEVICE=cpu GPU_CHECK_SHAPES=test GPU_CHECK_REPEAT=1 BIN=... python bench/gpu/gpu_check.py
 DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")
-SHAPES = os.environ.get("GPU_CHECK_SHAPES", "1b,8b").split(",")
+SHAPES = [s for s in os.environ.get("GPU_CHECK_SHAPES", "1b,8b").split(",") if s]
 STARTED = time.perf_counter()
 # Dense bf16 tensor-core peak from NVIDIA's datasheets (SXM parts), TFLOP/s.
 PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
