@@ -53,6 +53,17 @@ impl DeviceSpec {
         Ok(devices)
     }
 
+    /// The device when none is asked for: the first GPU when this build has CUDA and the
+    /// driver sees one (an 8B model on CPU is rarely what a GPU build's user wants), else cpu.
+    pub fn default_for_build() -> DeviceSpec {
+        if candle_core::utils::cuda_is_available() && Device::new_cuda(0).is_ok() {
+            tracing::info!("no device given: using cuda:0");
+            DeviceSpec::Cuda(0)
+        } else {
+            DeviceSpec::Cpu
+        }
+    }
+
     /// `cuda:0,cuda:1` for a list.
     pub fn list_to_string(devices: &[DeviceSpec]) -> String {
         devices.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")

@@ -34,7 +34,7 @@ pub struct EngineArgs {
     #[arg(long)]
     pub max_batch_tokens: Option<usize>,
     /// cpu, cuda, cuda:N, or a list such as cuda:0,cuda:1 (one model replica per device,
-    /// batches spread over them). [default: cpu]
+    /// batches spread over them). [default: cuda:0 in a CUDA build when a GPU is visible, else cpu]
     #[arg(long)]
     pub device: Option<String>,
     /// Weight and compute dtype: f32, f16 or bf16. [default: f32 on CPU, bf16 on CUDA]
@@ -55,8 +55,10 @@ impl EngineArgs {
             Some(path) => ScorerConfig::load(path)?,
             None => ScorerConfig::default(),
         };
-        let devices = DeviceSpec::parse_list(self.device.as_deref().or(cfg.device.as_deref()).unwrap_or("cpu"))
-            .map_err(anyhow::Error::msg)?;
+        let devices = match self.device.as_deref().or(cfg.device.as_deref()) {
+            Some(list) => DeviceSpec::parse_list(list).map_err(anyhow::Error::msg)?,
+            None => vec![DeviceSpec::default_for_build()],
+        };
         Ok(ResolvedEngine {
             model: self.model.clone().unwrap_or(cfg.model),
             options: EngineOptions {
