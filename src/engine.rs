@@ -125,6 +125,7 @@ struct Replica {
 }
 
 /// What one device batch produced: scores in batch-row order and its figures.
+#[derive(Debug)]
 struct BatchResult {
     logits: Vec<f32>,
     tokens: usize,
@@ -258,12 +259,17 @@ impl Engine {
         };
         if let [replica] = self.replicas.as_slice() {
             for batch_rows in &plan {
-                record(batch_rows, self.run_batch(replica, rows, batch_rows)?);
+                record(batch_rows, self.run_batch_or_halves(replica, rows, batch_rows)?);
             }
         } else {
             self.run_on_replicas(rows, &plan, &mut record)?;
         }
         Ok(Scored { scores, stats })
+    }
+
+    /// [`Self::run_batch`], split in halves when the device runs out of memory.
+    fn run_batch_or_halves(&self, replica: &Replica, rows: &[&Encoded], batch_rows: &[usize]) -> Result<BatchResult> {
+        run_splitting_on_oom(batch_rows, &mut |part| self.run_batch(replica, rows, part))
     }
 
     /// One forward pass: pads the batch's rows, runs the model, brings the f32 scores back.
@@ -301,7 +307,7 @@ impl Engine {
                     if i >= plan.len() || failed.load(Ordering::Relaxed) {
                         break;
                     }
-                    let result = self.run_batch(replica, rows, &plan[i]).map(|r| (i, r));
+                    let result = self.run_batch_or_halves(replica, rows, &plan[i]).map(|r| (i, r));
                     if result.is_err() {
                         failed.store(true, Ordering::Relaxed);
                     }
@@ -344,6 +350,37 @@ impl Engine {
             ("skyscore.dtype".into(), format!("{:?}", self.dtype).to_lowercase()),
         ]
     }
+}
+
+/// Runs a batch; when the device runs out of memory, runs each half instead (recursively, down
+/// to single rows), so a token budget too large for the card slows a long job down instead of
+/// ending it. Scores do not depend on batch mates, so the halves give the same scores.
+fn run_splitting_on_oom(
+    batch_rows: &[usize],
+    run: &mut impl FnMut(&[usize]) -> Result<BatchResult>,
+) -> Result<BatchResult> {
+    match run(batch_rows) {
+        Err(e) if batch_rows.len() > 1 && is_out_of_memory(&e) => {
+            tracing::warn!(
+                rows = batch_rows.len(),
+                "out of device memory; running the batch in two halves (lower --max-batch-tokens to avoid this)"
+            );
+            let (left, right) = batch_rows.split_at(batch_rows.len() / 2);
+            let mut first = run_splitting_on_oom(left, run)?;
+            let second = run_splitting_on_oom(right, run)?;
+            first.logits.extend(second.logits);
+            first.tokens += second.tokens;
+            first.padded_tokens += second.padded_tokens;
+            Ok(first)
+        }
+        other => other,
+    }
+}
+
+/// CUDA driver allocation failures and cuBLAS workspace failures: both leave the context usable.
+fn is_out_of_memory(e: &anyhow::Error) -> bool {
+    let text = format!("{e:?}");
+    text.contains("CUDA_ERROR_OUT_OF_MEMORY") || text.contains("CUBLAS_STATUS_ALLOC_FAILED")
 }
 
 fn open_device(spec: &DeviceSpec) -> Result<Device> {
@@ -404,5 +441,42 @@ impl Scorer for Engine {
 
     fn metadata(&self) -> Vec<(String, String)> {
         Engine::metadata(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stand-in forward pass: out of memory above `limit` rows, else each row's index as its score.
+    fn fake_run(limit: usize, calls: &mut Vec<usize>) -> impl FnMut(&[usize]) -> Result<BatchResult> + '_ {
+        move |rows: &[usize]| {
+            calls.push(rows.len());
+            if rows.len() > limit {
+                bail!("forward pass on cuda:0: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")");
+            }
+            Ok(BatchResult { logits: rows.iter().map(|&r| r as f32).collect(), tokens: rows.len(), padded_tokens: 2 })
+        }
+    }
+
+    #[test]
+    fn out_of_memory_batches_run_in_halves_with_scores_in_place() {
+        let rows: Vec<usize> = (10..21).collect();
+        let mut calls = Vec::new();
+        let result = run_splitting_on_oom(&rows, &mut fake_run(3, &mut calls)).unwrap();
+        assert_eq!(result.logits, rows.iter().map(|&r| r as f32).collect::<Vec<_>>());
+        assert_eq!(result.tokens, 11);
+        assert_eq!(calls, [11, 5, 2, 3, 6, 3, 3]);
+    }
+
+    #[test]
+    fn other_errors_and_single_rows_out_of_memory_are_not_retried() {
+        let mut calls = Vec::new();
+        let err = run_splitting_on_oom(&[7], &mut fake_run(0, &mut calls)).unwrap_err();
+        assert!(is_out_of_memory(&err));
+        assert_eq!(calls, [1]);
+        let mut broken = |_: &[usize]| -> Result<BatchResult> { bail!("shape mismatch") };
+        let err = run_splitting_on_oom(&[1, 2, 3], &mut broken).unwrap_err();
+        assert_eq!(err.to_string(), "shape mismatch");
     }
 }
