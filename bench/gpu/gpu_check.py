@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """The GPU check, run on the GPU machine by scripts/gpu-check.sh (which sets BIN and the CUDA
 library path). Each step records its figures or its error and the next one still runs, so one
-call says as much as it can. Writes gpu-check.json under $OUT and prints a summary table last.
+call says as much as it can. Writes gpu-check.json under $OUT and prints it last.
 
   (a) parity: skyscore on cuda (f32 and bf16) vs skyscore on CPU (f32 scores computed on the
       build machine and carried in dist/cpu-scores) and vs transformers' f32 expected scores,
-      on the shipped fixtures; two replicas on one card (cuda:0,cuda:0) vs one.
+      on the shipped fixtures; two replicas on one card (cuda:0,cuda:0) vs one; `skyscore sql` on
+      the device vs transformers.
   (b) throughput: a seeded random checkpoint in the real Llama-3.2-1B shape (then, time
       allowing, Llama-3.1-8B), bf16, scored on the same real rows by skyscore and by
       transformers (bf16, sdpa, batches of 16, input order and length-sorted): tokens/s,
@@ -139,7 +140,17 @@ def parity_fixtures():
              "--max-batch-tokens", "2048")
     result[f"tiny-llama/f32/{two}"] = {
         "max_abs_delta_vs_one_replica": max_delta(read_scores(out), read_scores(WORK / "gpu-tiny-llama-f32.jsonl"))}
+    # The SQL path (UDF, batching service, pipelined tokenization) on the device, f32.
+    out = WORK / "gpu-sql-tiny-llama.jsonl"
+    sh([BIN, "sql", "--model", ROOT / "sample_data/models/tiny-llama", "-t",
+        f"sft={ROOT / 'sample_data/sft_sample.parquet'}", "--output", out, "--device", DEVICE, "--dtype", "f32",
+        "SELECT id, skywork_score(instruction, input, output) AS score FROM sft"])
+    sql = read_scores(out)
+    hf = read_scores(ROOT / "tests/fixtures/expected/tiny-llama.full.jsonl")
+    result["tiny-llama/f32/sql"] = {"rows": len(sql),
+                                    "max_abs_delta_vs_transformers_f32": max(abs(sql[k] - hf[k]) for k in sql)}
     ok = all(v.get("max_abs_delta_vs_cpu_f32", 0) <= 1e-4 for k, v in result.items() if k.endswith("/f32"))
+    ok &= result["tiny-llama/f32/sql"]["max_abs_delta_vs_transformers_f32"] <= 1e-4
     ok &= all(v["max_abs_delta_vs_transformers_f32"] <= 0.1 for k, v in result.items() if k.endswith("/bf16"))
     result["pass"] = ok
     return result
