@@ -32,7 +32,9 @@ for root in site.getsitepackages() + [site.getusersitepackages()]:
 print(":".join(sorted(dirs)))
 PYEOF
 )
-export LD_LIBRARY_PATH="$cuda_libs:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+# The driver's libcuda.so.1 is normally on the loader's path already; /usr/local/nvidia is where
+# container images mount it. The binary needs glibc >= 2.35.
+export LD_LIBRARY_PATH="$cuda_libs:/usr/local/cuda/lib64:/usr/local/nvidia/lib64:/usr/local/nvidia/lib:${LD_LIBRARY_PATH:-}"
 echo "gpu-check: $archive; libraries it needs:"
 ldd "$BIN" | grep -E 'cuda|cublas|curand|nvrtc|not found'
 "$BIN" --version
