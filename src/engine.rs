@@ -98,6 +98,13 @@ pub struct EngineOptions {
     pub pipeline_chunk_rows: usize,
 }
 
+impl EngineOptions {
+    /// Whether the model runs on GPUs (bf16, token-budgeted batches, larger windows).
+    pub fn on_gpu(&self) -> bool {
+        self.devices.iter().any(|d| *d != DeviceSpec::Cpu)
+    }
+}
+
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
@@ -180,7 +187,7 @@ impl Engine {
         if opts.devices.is_empty() {
             bail!("no device given");
         }
-        let on_gpu = opts.devices.iter().any(|d| *d != DeviceSpec::Cpu);
+        let on_gpu = opts.on_gpu();
         let dtype = match opts.dtype.as_deref() {
             Some(name) => parse_dtype(name).with_context(|| format!("unknown dtype `{name}` (f32, f16, bf16)"))?,
             None if on_gpu => DType::BF16,

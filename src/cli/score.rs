@@ -74,8 +74,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         output: args.output_column.clone(),
         id: args.id_column.clone(),
     };
-    let on_gpu = resolved.options.devices.iter().any(|d| *d != DeviceSpec::Cpu);
-    let window = args.window.unwrap_or(if on_gpu { 16384 } else { 1024 });
+    let window = args.window.unwrap_or(if resolved.options.on_gpu() { 16384 } else { 1024 });
     let input = open_input(&args.input, window.max(1))?;
     let file = args.input.display().to_string();
     names.check(&input.schema, &file)?;
