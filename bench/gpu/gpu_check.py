@@ -180,8 +180,8 @@ def throughput(shape, repeat, sweep_budgets):
                           "--tokenizer", ROOT / "dist/llama3-tokenizer", "--out", model]).stdout.strip().splitlines()[-1])
     params = made["parameters"]
     rows = make_rows(repeat)
-    # First run loads candle's kernels (the driver compiles their PTX once and caches it).
-    sky_warm = skyscore(model, rows, WORK / f"sky-{shape}-warm.jsonl", "--device", DEVICE, "--dtype", "bf16")
+    # A first, short run loads candle's kernels (the driver compiles their PTX once and caches it).
+    sky_warm = skyscore(model, make_rows(1), WORK / f"sky-{shape}-warm.jsonl", "--device", DEVICE, "--dtype", "bf16")
     sky = skyscore(model, rows, WORK / f"sky-{shape}.jsonl", "--device", DEVICE, "--dtype", "bf16")
     sky_s = sky["wall_s"] - sky["load_s"]
     py_in = reference(model, rows, WORK / f"py-{shape}.jsonl", sort=False)
@@ -194,7 +194,7 @@ def throughput(shape, repeat, sweep_budgets):
         "parameters": params, "rows": sky["rows"], "tokens": tokens, "padded_tokens": sky["padded_tokens"],
         "batches": sky["batches"],
         "skyscore_tokens_per_s": round(tokens / sky_s), "skyscore_score_s": round(sky_s, 3),
-        "skyscore_model_s": round(sky["model_s"], 3), "skyscore_first_run_score_s": round(
+        "skyscore_model_s": round(sky["model_s"], 3), "skyscore_warmup_320_rows_score_s": round(
             sky_warm["wall_s"] - sky_warm["load_s"], 3),
         "transformers_input_order_tokens_per_s": round(tokens / py_in["score_s"]),
         "transformers_sorted_tokens_per_s": round(tokens / py_sorted["score_s"]),
@@ -211,7 +211,7 @@ def throughput(shape, repeat, sweep_budgets):
     # Batch budget sweep (same rows): how the token budget trades memory for speed.
     sweep = {}
     for budget in sweep_budgets:
-        if elapsed() > BUDGET_S:
+        if elapsed() > BUDGET_S * 0.6:
             break
         s = skyscore(model, rows, WORK / f"sky-{shape}-{budget}.jsonl", "--device", DEVICE, "--dtype", "bf16",
                      "--max-batch-tokens", str(budget))
