@@ -35,6 +35,20 @@ fn expected_sample_scores(model: &str) -> std::collections::HashMap<i64, f64> {
     expected(model, "full").into_iter().filter_map(|e| e.id.as_i64().map(|id| (id, e.score))).collect()
 }
 
+/// Checks a `score` output of the 320 sample rows: every row, in input order, with the
+/// transformers score of tiny-llama. Returns the lines for further checks.
+fn assert_sample_scores_in_input_order(out: &Path) -> Vec<serde_json::Value> {
+    let expected = expected_sample_scores("tiny-llama");
+    let lines: Vec<serde_json::Value> = read_jsonl(out);
+    assert_eq!(lines.len(), 320);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["id"].as_i64(), Some(i as i64), "input order");
+        let score = line["score"].as_f64().unwrap();
+        assert!((score - expected[&(i as i64)]).abs() <= 1e-4, "row {i}: {score} vs {}", expected[&(i as i64)]);
+    }
+    lines
+}
+
 #[test]
 fn scores_sample_parquet_to_jsonl_in_input_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -54,15 +68,8 @@ fn scores_sample_parquet_to_jsonl_in_input_order() {
     ]);
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(stderr(&run).contains("scored 320 rows"), "{}", stderr(&run));
-    let expected = expected_sample_scores("tiny-llama");
-    let lines: Vec<serde_json::Value> = read_jsonl(&out);
-    assert_eq!(lines.len(), 320);
-    for (i, line) in lines.iter().enumerate() {
-        let obj = line.as_object().unwrap();
-        assert_eq!(obj.len(), 2, "only id and score: {line}");
-        assert_eq!(obj["id"].as_i64(), Some(i as i64), "input order");
-        let score = obj["score"].as_f64().unwrap();
-        assert!((score - expected[&(i as i64)]).abs() <= 1e-4, "row {i}: {score} vs {}", expected[&(i as i64)]);
+    for line in assert_sample_scores_in_input_order(&out) {
+        assert_eq!(line.as_object().unwrap().len(), 2, "only id and score: {line}");
     }
     let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
     for key in ["rows", "model_rows", "tokens", "padded_tokens", "truncated_rows", "wall_s", "load_s", "tokens_per_s"] {
@@ -88,14 +95,7 @@ fn pipelined_windows_on_two_replicas_keep_input_order() {
         &[&["score", "--model", &tiny_llama(), "--input", p(&input), "--output", p(&out)][..], &args].concat(),
     );
     assert!(run.status.success(), "{}", stderr(&run));
-    let expected = expected_sample_scores("tiny-llama");
-    let lines: Vec<serde_json::Value> = read_jsonl(&out);
-    assert_eq!(lines.len(), 320);
-    for (i, line) in lines.iter().enumerate() {
-        assert_eq!(line["id"].as_i64(), Some(i as i64), "input order");
-        let score = line["score"].as_f64().unwrap();
-        assert!((score - expected[&(i as i64)]).abs() <= 1e-4, "row {i}: {score} vs {}", expected[&(i as i64)]);
-    }
+    assert_sample_scores_in_input_order(&out);
 }
 
 #[test]
