@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value as Json;
 
 use crate::hub::{FileSource, HubError};
-use crate::models::{llama::LlamaConfig, qwen3::Qwen3Config, ArchConfig, SUPPORTED_ARCHITECTURES};
+use crate::models::{ArchConfig, ArchError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -19,10 +19,8 @@ pub enum CheckpointError {
     Json { path: PathBuf, source: serde_json::Error },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
-    #[error("unsupported architecture {found:?} in {path}; supported: {}", SUPPORTED_ARCHITECTURES.join(", "))]
-    UnsupportedArchitecture { path: PathBuf, found: Vec<String> },
-    #[error("{path}: num_labels is {found}; a reward model has exactly one label")]
-    NumLabels { path: PathBuf, found: usize },
+    #[error("{path}: {source}")]
+    Architecture { path: PathBuf, source: ArchError },
     #[error("the checkpoint has neither model.safetensors nor model.safetensors.index.json")]
     NoWeights,
 }
@@ -35,13 +33,10 @@ pub struct Checkpoint {
     /// The commit hash a hub revision resolved to, when known.
     pub revision: Option<String>,
     pub arch: ArchConfig,
-    pub config_path: PathBuf,
     /// `pad_token_id` from config.json (transformers pools with this one first).
     pub config_pad_token_id: Option<u32>,
-    /// `torch_dtype` / `dtype` from config.json.
-    pub stored_dtype: Option<String>,
     pub tokenizer_path: PathBuf,
-    pub tokenizer_config: Json,
+    tokenizer_config: Json,
     pub chat_template: Option<String>,
     pub weights: Vec<PathBuf>,
 }
@@ -55,7 +50,8 @@ impl Checkpoint {
     pub fn resolve(model_id: &str, files: &FileSource) -> Result<Self, CheckpointError> {
         let config_path = files.get("config.json")?;
         let config = read_json(&config_path)?;
-        let arch = parse_arch(&config_path, &config)?;
+        let arch = ArchConfig::from_config(&config)
+            .map_err(|source| CheckpointError::Architecture { path: config_path.clone(), source })?;
 
         let tokenizer_path = files.get("tokenizer.json")?;
         let tokenizer_config_path = files.get("tokenizer_config.json")?;
@@ -84,15 +80,11 @@ impl Checkpoint {
         };
 
         let config_pad_token_id = config.get("pad_token_id").and_then(Json::as_u64).map(|v| v as u32);
-        let stored_dtype =
-            config.get("torch_dtype").or_else(|| config.get("dtype")).and_then(Json::as_str).map(str::to_string);
         Ok(Self {
             model_id: model_id.to_string(),
             revision: files.cached_commit(),
             arch,
-            config_path,
             config_pad_token_id,
-            stored_dtype,
             tokenizer_path,
             tokenizer_config,
             chat_template,
@@ -133,33 +125,4 @@ fn template_from_tokenizer_config(cfg: &Json) -> Option<String> {
             .map(str::to_string),
         _ => None,
     }
-}
-
-fn parse_arch(path: &Path, config: &Json) -> Result<ArchConfig, CheckpointError> {
-    let archs: Vec<String> = config
-        .get("architectures")
-        .and_then(Json::as_array)
-        .map(|a| a.iter().filter_map(Json::as_str).map(str::to_string).collect())
-        .unwrap_or_default();
-    // transformers: num_labels is len(id2label) when present, else `num_labels`, else 2.
-    let num_labels =
-        match (config.get("id2label").and_then(Json::as_object), config.get("num_labels").and_then(Json::as_u64)) {
-            (Some(map), _) => map.len(),
-            (None, Some(n)) => n as usize,
-            (None, None) => 2,
-        };
-    let invalid = |e: serde_json::Error| CheckpointError::Invalid { path: path.into(), reason: e.to_string() };
-    let arch = match archs.first().map(String::as_str) {
-        Some("LlamaForSequenceClassification") => {
-            ArchConfig::Llama(serde_json::from_value::<LlamaConfig>(config.clone()).map_err(invalid)?)
-        }
-        Some("Qwen3ForSequenceClassification") => {
-            ArchConfig::Qwen3(serde_json::from_value::<Qwen3Config>(config.clone()).map_err(invalid)?)
-        }
-        _ => return Err(CheckpointError::UnsupportedArchitecture { path: path.into(), found: archs }),
-    };
-    if num_labels != 1 {
-        return Err(CheckpointError::NumLabels { path: path.into(), found: num_labels });
-    }
-    Ok(arch)
 }

@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use crate::encode::TruncationSide;
+use crate::models::Dtype;
 
 pub const DEFAULT_MODEL: &str = "Skywork/Skywork-Reward-V2-Llama-3.1-8B-40M";
 pub const DEFAULT_NAME: &str = "SkyworkRewardScorer";
@@ -37,7 +38,7 @@ pub struct ScorerConfig {
     #[serde(default)]
     pub device: Option<String>,
     #[serde(default)]
-    pub dtype: Option<String>,
+    pub dtype: Option<Dtype>,
 }
 
 fn default_name() -> String {
@@ -94,5 +95,12 @@ mod tests {
         let cfg = ScorerConfig::from_yaml("truncation_side: left\nmax_length: 64").unwrap();
         assert_eq!(cfg.truncation_side, TruncationSide::Left);
         assert_eq!(cfg.max_length, 64);
+    }
+
+    #[test]
+    fn dtype_is_checked_when_the_config_is_read() {
+        assert_eq!(ScorerConfig::from_yaml("dtype: bfloat16").unwrap().dtype, Some(Dtype::Bf16));
+        let err = format!("{:#}", ScorerConfig::from_yaml("dtype: f8").unwrap_err());
+        assert!(err.contains("unknown dtype `f8`"), "{err}");
     }
 }

@@ -5,14 +5,15 @@
 
 use std::path::Path;
 
-use rayon::prelude::*;
-use skyscore_udf::{ChatTurn, ScoreRequest};
+use skyscore_core::{ChatTurn, ScoreRequest};
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
-use crate::template::{ChatTemplate, Message, TemplateError};
+use crate::template::{ChatTemplate, TemplateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
+    #[error("the conversation has no turns")]
+    Empty,
     #[error(transparent)]
     Template(#[from] TemplateError),
     #[error("tokenizer: {0}")]
@@ -100,18 +101,17 @@ impl PromptEncoder {
     }
 
     /// The text that gets tokenized for `row`.
-    pub fn render(&self, row: &ScoreRequest<'_>) -> Result<String, TemplateError> {
+    pub fn render(&self, row: &ScoreRequest<'_>) -> Result<String, EncodeError> {
         self.render_conversation(&row.conversation())
     }
 
-    pub fn render_conversation(&self, turns: &[ChatTurn<'_>]) -> Result<String, TemplateError> {
-        let messages: Vec<Message> = turns.iter().map(|t| Message::new(&t.role, t.content.as_ref())).collect();
-        self.render_messages(&messages)
-    }
-
     /// Renders a conversation and strips one leading BOS string (the tokenizer adds its own).
-    pub fn render_messages(&self, messages: &[Message]) -> Result<String, TemplateError> {
-        let mut text = self.template.render(messages, false)?;
+    pub fn render_conversation(&self, turns: &[ChatTurn<'_>]) -> Result<String, EncodeError> {
+        if turns.is_empty() {
+            // Templates render nothing (or fail) for no messages; a BOS token alone is no score.
+            return Err(EncodeError::Empty);
+        }
+        let mut text = self.template.render(turns, false)?;
         if let Some(bos) = self.bos_token.as_deref().filter(|b| !b.is_empty()) {
             if text.starts_with(bos) {
                 text.drain(..bos.len());
@@ -138,10 +138,5 @@ impl PromptEncoder {
         // Over-long rows are tokenized again by the truncating tokenizer rather than cut here,
         // so special tokens added by the post-processor end up where transformers puts them.
         Ok(Encoded { ids: tokenize(&self.truncating)?.get_ids().to_vec(), truncated: true })
-    }
-
-    /// Encodes rows in parallel; results keep the order of `rows`.
-    pub fn encode_all(&self, rows: &[ScoreRequest<'_>]) -> Vec<Result<Encoded, EncodeError>> {
-        rows.par_iter().map(|r| self.encode(r)).collect()
     }
 }

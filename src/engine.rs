@@ -1,83 +1,29 @@
-//! The scoring engine: a loaded checkpoint (prompt encoder + one model replica per device),
-//! turning tokenized rows into scores through length-sorted, token-budgeted batches. With
-//! several devices each replica pulls the next batch when it is free, so faster or less loaded
-//! devices take more batches.
+//! The scoring engine: a loaded checkpoint (prompt encoder + one model replica per device) and
+//! the one path from conversations to scores. Chunks of conversations are tokenized on their own
+//! thread (rayon inside) while the device works through the previous chunk; each chunk is cut
+//! into length-sorted, token-budgeted batches. With several devices each replica pulls the next
+//! batch when it is free, so faster or less loaded devices take more batches.
+//!
+//! Front ends adapt to [`Engine::score_chunks`]: `skyscore score` with windows of its input
+//! table, the SQL service through [`Scorer`] with the rows of one merged request.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::Device;
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
-use skyscore_udf::{Conversation, ScoreRequest, ScoreStats, Scored, Scorer, ScorerError};
+use skyscore_core::{ChatTurn, Conversation, RowResult, RowScore, ScoreStats, Scored, Scorer, ScorerError};
 
 use crate::batching::{plan_batches, BatchLimits};
 use crate::checkpoint::Checkpoint;
+use crate::device::{is_out_of_memory, DeviceList, DeviceSpec};
 use crate::encode::{Encoded, PromptEncoder, TruncationSide};
 use crate::hub::{FileSource, ModelSource};
-use crate::models::{parse_dtype, ModelBatch, RewardModel};
+use crate::models::{Dtype, ModelBatch, RewardModel};
 use crate::template::ChatTemplate;
-
-/// Where the model runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceSpec {
-    Cpu,
-    Cuda(usize),
-}
-
-impl std::str::FromStr for DeviceSpec {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "cpu" => Ok(DeviceSpec::Cpu),
-            "cuda" => Ok(DeviceSpec::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(DeviceSpec::Cuda)
-                .ok_or_else(|| format!("unknown device `{s}` (expected cpu, cuda or cuda:N)")),
-        }
-    }
-}
-
-impl DeviceSpec {
-    /// Parses a device list: `cpu`, `cuda`, `cuda:1`, or several joined by commas
-    /// (`cuda:0,cuda:1`), one model replica per entry.
-    pub fn parse_list(s: &str) -> Result<Vec<DeviceSpec>, String> {
-        let devices = s.split(',').map(|d| d.trim().parse()).collect::<Result<Vec<DeviceSpec>, String>>()?;
-        let cpus = devices.iter().filter(|d| **d == DeviceSpec::Cpu).count();
-        if cpus != 0 && cpus != devices.len() {
-            return Err(format!("device list `{s}` mixes cpu and cuda; use one kind"));
-        }
-        Ok(devices)
-    }
-
-    /// The device when none is asked for: the first GPU when this build has CUDA and the
-    /// driver sees one (an 8B model on CPU is rarely what a GPU build's user wants), else cpu.
-    pub fn default_for_build() -> DeviceSpec {
-        if candle_core::utils::cuda_is_available() && Device::new_cuda(0).is_ok() {
-            tracing::info!("no device given: using cuda:0");
-            DeviceSpec::Cuda(0)
-        } else {
-            DeviceSpec::Cpu
-        }
-    }
-
-    /// `cuda:0,cuda:1` for a list.
-    pub fn list_to_string(devices: &[DeviceSpec]) -> String {
-        devices.iter().map(ToString::to_string).collect::<Vec<_>>().join(",")
-    }
-}
-
-impl std::fmt::Display for DeviceSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            DeviceSpec::Cpu => write!(f, "cpu"),
-            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -90,19 +36,11 @@ pub struct EngineOptions {
     /// Padded tokens per device batch; `None` picks a default for the device.
     pub max_batch_tokens: Option<usize>,
     /// One model replica per entry (several entries: batches are spread over them).
-    pub devices: Vec<DeviceSpec>,
-    /// `None`: f32 on CPU, bf16 on CUDA.
-    pub dtype: Option<String>,
-    /// Rows tokenized as one unit when scoring conversations (the SQL path); the next unit is
-    /// tokenized while the device works through the current one.
-    pub pipeline_chunk_rows: usize,
-}
-
-impl EngineOptions {
-    /// Whether the model runs on GPUs (bf16, token-budgeted batches, larger windows).
-    pub fn on_gpu(&self) -> bool {
-        self.devices.iter().any(|d| *d != DeviceSpec::Cpu)
-    }
+    pub devices: DeviceList,
+    pub dtype: Dtype,
+    /// Rows tokenized, length-sorted and scored as one chunk (the next chunk is tokenized while
+    /// the device works on this one); `None` picks a default for the device.
+    pub chunk_rows: Option<usize>,
 }
 
 impl Default for EngineOptions {
@@ -112,10 +50,22 @@ impl Default for EngineOptions {
             truncation_side: TruncationSide::Right,
             batch_size: 16,
             max_batch_tokens: None,
-            devices: vec![DeviceSpec::Cpu],
-            dtype: None,
-            pipeline_chunk_rows: 4096,
+            devices: DeviceList(vec![DeviceSpec::Cpu]),
+            dtype: Dtype::F32,
+            chunk_rows: None,
         }
+    }
+}
+
+impl EngineOptions {
+    /// Whether the model runs on GPUs (bf16, token-budgeted batches, larger chunks).
+    pub fn on_gpu(&self) -> bool {
+        self.devices.on_gpu()
+    }
+
+    pub fn chunk_rows(&self) -> usize {
+        let default = if self.on_gpu() { DEFAULT_GPU_CHUNK_ROWS } else { DEFAULT_CPU_CHUNK_ROWS };
+        self.chunk_rows.unwrap_or(default).max(1)
     }
 }
 
@@ -123,6 +73,18 @@ impl Default for EngineOptions {
 /// (a 1B model needs ~64K tokens per pass); on CPU larger batches only add memory.
 pub const DEFAULT_CPU_BATCH_TOKENS: usize = 8192;
 pub const DEFAULT_GPU_BATCH_TOKENS: usize = 65536;
+/// Default rows per chunk: enough for length sorting to pack batches tightly, small enough that
+/// tokenizing the next chunk overlaps the model instead of delaying the first batch.
+pub const DEFAULT_CPU_CHUNK_ROWS: usize = 1024;
+pub const DEFAULT_GPU_CHUNK_ROWS: usize = 16384;
+
+/// A unit of rows the engine tokenizes and scores together (a window of an input table, a slice
+/// of a SQL request). The engine asks for its conversations on the tokenizing thread.
+pub trait ConversationChunk: Send {
+    /// One entry per row, in row order: its conversation, or why the caller could not build one
+    /// (a NULL column, say). Such rows come back as row errors, untouched by the model.
+    fn conversations(&self) -> Vec<Result<Conversation<'_>, String>>;
+}
 
 /// The model loaded on one device.
 struct Replica {
@@ -132,19 +94,13 @@ struct Replica {
 }
 
 /// What one device batch produced: scores in batch-row order and its figures.
-#[derive(Debug)]
-struct BatchResult {
-    logits: Vec<f32>,
-    tokens: usize,
-    padded_tokens: usize,
-}
+type BatchOutput = (Vec<f32>, ScoreStats);
 
 pub struct Engine {
     checkpoint: Checkpoint,
     replicas: Vec<Replica>,
     encoder: PromptEncoder,
     pad_token_id: Option<u32>,
-    dtype: DType,
     limits: BatchLimits,
     options: EngineOptions,
 }
@@ -157,6 +113,17 @@ impl Engine {
         }
         if opts.batch_size == 0 {
             bail!("batch_size must be at least 1");
+        }
+        if opts.devices.0.is_empty() {
+            bail!("no device given");
+        }
+        let max_tokens = opts.max_batch_tokens.unwrap_or(if opts.on_gpu() {
+            DEFAULT_GPU_BATCH_TOKENS
+        } else {
+            DEFAULT_CPU_BATCH_TOKENS
+        });
+        if max_tokens == 0 {
+            bail!("max_batch_tokens must be at least 1");
         }
         let files = FileSource::new(ModelSource::parse(model)?);
         let checkpoint = Checkpoint::resolve(model, &files).with_context(|| format!("loading model `{model}`"))?;
@@ -184,39 +151,26 @@ impl Engine {
         let pad_token_id =
             checkpoint.config_pad_token_id.or_else(|| special.get("pad_token").and_then(|t| encoder.token_to_id(t)));
 
-        if opts.devices.is_empty() {
-            bail!("no device given");
-        }
-        let on_gpu = opts.on_gpu();
-        let dtype = match opts.dtype.as_deref() {
-            Some(name) => parse_dtype(name).with_context(|| format!("unknown dtype `{name}` (f32, f16, bf16)"))?,
-            None if on_gpu => DType::BF16,
-            None => DType::F32,
-        };
-        let mut replicas = Vec::with_capacity(opts.devices.len());
-        for spec in &opts.devices {
-            let device = open_device(spec)?;
+        let mut replicas = Vec::with_capacity(opts.devices.0.len());
+        for spec in &opts.devices.0 {
+            let device = spec.open()?;
             // SAFETY: the safetensors files are memory-mapped read-only; skyscore never writes them
             // and a checkpoint is not expected to change while it is being scored with.
-            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&checkpoint.weights, dtype, &device) }
+            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&checkpoint.weights, opts.dtype.candle(), &device) }
                 .with_context(|| format!("reading weights of `{model}`"))?;
             let model_impl = RewardModel::load(&checkpoint.arch, vb)
                 .with_context(|| format!("loading {} weights of `{model}` on {spec}", checkpoint.arch.name()))?;
-            replicas.push(Replica { spec: spec.clone(), device, model: model_impl });
+            replicas.push(Replica { spec: *spec, device, model: model_impl });
         }
 
-        let default_tokens = if on_gpu { DEFAULT_GPU_BATCH_TOKENS } else { DEFAULT_CPU_BATCH_TOKENS };
-        let max_tokens = opts.max_batch_tokens.unwrap_or(default_tokens);
-        if max_tokens == 0 {
-            bail!("max_batch_tokens must be at least 1");
-        }
-        let max_rows = if on_gpu { usize::MAX } else { opts.batch_size };
+        let max_rows = if opts.on_gpu() { usize::MAX } else { opts.batch_size };
         tracing::info!(
             model,
             arch = checkpoint.arch.name(),
-            ?dtype,
-            devices = %DeviceSpec::list_to_string(&opts.devices),
+            dtype = %opts.dtype,
+            devices = %opts.devices,
             max_batch_tokens = max_tokens,
+            chunk_rows = opts.chunk_rows(),
             pad_token_id,
             template_sha256 = encoder.template().sha256(),
             "model loaded"
@@ -226,7 +180,6 @@ impl Engine {
             replicas,
             encoder,
             pad_token_id,
-            dtype,
             limits: BatchLimits { max_rows, max_tokens },
             options: opts.clone(),
         })
@@ -236,33 +189,99 @@ impl Engine {
         &self.encoder
     }
 
-    pub fn dtype(&self) -> DType {
-        self.dtype
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
     }
 
-    /// Scores tokenized rows; `on_batch(rows, tokens)` is called after each device batch.
-    /// Scores come back in the order of `rows`, each independent of its batch mates.
-    pub fn score_encoded(&self, rows: &[&Encoded], mut on_batch: impl FnMut(usize, usize)) -> Result<Scored> {
-        if let Some(i) = rows.iter().position(|r| r.ids.is_empty()) {
-            bail!("row {i} has no tokens");
+    /// Scores a stream of chunks: the next chunk is tokenized on its own thread while this one
+    /// runs through the model, and `on_scored` gets each chunk back with one result per row, in
+    /// order. `on_batch(rows, tokens)` follows the device batches (progress bars). The first
+    /// error of `chunks`, of the model or of `on_scored` ends the stream.
+    pub fn score_chunks<C: ConversationChunk>(
+        &self,
+        chunks: impl Iterator<Item = Result<C>> + Send,
+        on_batch: &(dyn Fn(usize, usize) + Sync),
+        mut on_scored: impl FnMut(C, Scored) -> Result<()>,
+    ) -> Result<()> {
+        // One chunk waits while one is scored: memory stays bounded by two chunks.
+        let (tx, rx) = mpsc::sync_channel::<Result<(C, Vec<Result<Encoded, String>>)>>(1);
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                for chunk in chunks {
+                    let item = chunk.map(|c| {
+                        let encoded = self.encode_chunk(&c);
+                        (c, encoded)
+                    });
+                    let failed = item.is_err();
+                    if tx.send(item).is_err() || failed {
+                        break;
+                    }
+                }
+            });
+            for item in rx {
+                let (chunk, encoded) = item?;
+                let scored = self.score_encoded_rows(&encoded, on_batch)?;
+                on_scored(chunk, scored)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Tokenizes a chunk's rows in parallel; a row that cannot be tokenized carries its reason.
+    fn encode_chunk(&self, chunk: &impl ConversationChunk) -> Vec<Result<Encoded, String>> {
+        chunk
+            .conversations()
+            .par_iter()
+            .map(|conversation| {
+                let conversation = conversation.as_ref().map_err(Clone::clone)?;
+                let encoded = self.encoder.encode_conversation(conversation).map_err(|e| e.to_string())?;
+                if encoded.ids.is_empty() {
+                    return Err("the prompt tokenizes to no tokens".into());
+                }
+                Ok(encoded)
+            })
+            .collect()
+    }
+
+    /// Runs the rows that tokenized through the model; row errors pass through, and a
+    /// non-finite score becomes one (it would poison every ranking and threshold downstream).
+    fn score_encoded_rows(
+        &self,
+        encoded: &[Result<Encoded, String>],
+        on_batch: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<Scored> {
+        let valid: Vec<(usize, &Encoded)> =
+            encoded.iter().enumerate().filter_map(|(i, e)| e.as_ref().ok().map(|e| (i, e))).collect();
+        let refs: Vec<&Encoded> = valid.iter().map(|(_, e)| *e).collect();
+        let started = Instant::now();
+        let (logits, mut stats) = self.score_encoded(&refs, on_batch)?;
+        stats.model_s = started.elapsed().as_secs_f64();
+        stats.truncated_rows = refs.iter().filter(|e| e.truncated).count();
+        let mut rows: Vec<RowResult> =
+            encoded.iter().map(|e| Err(e.as_ref().err().cloned().unwrap_or_default())).collect();
+        for ((i, enc), score) in valid.into_iter().zip(logits) {
+            rows[i] = if score.is_finite() {
+                Ok(RowScore { score, tokens: enc.ids.len() as u32, truncated: enc.truncated })
+            } else {
+                Err(format!("the model gave a non-finite score ({score})"))
+            };
         }
+        Ok(Scored { rows, stats })
+    }
+
+    /// Scores tokenized rows in length-sorted, token-budgeted batches; `on_batch(rows, tokens)`
+    /// is called after each device batch. Scores come back in the order of `rows`.
+    fn score_encoded(&self, rows: &[&Encoded], on_batch: &(dyn Fn(usize, usize) + Sync)) -> Result<BatchOutput> {
         let lengths: Vec<usize> = rows.iter().map(|r| r.ids.len()).collect();
         let plan = plan_batches(&lengths, self.limits);
         let mut scores = vec![0f32; rows.len()];
-        let mut stats =
-            ScoreStats { truncated_rows: rows.iter().filter(|r| r.truncated).count(), ..Default::default() };
-        let mut record = |batch_rows: &[usize], result: BatchResult| {
-            for (&row, score) in batch_rows.iter().zip(&result.logits) {
+        let mut stats = ScoreStats::default();
+        let mut record = |batch_rows: &[usize], (logits, batch_stats): BatchOutput| {
+            for (&row, score) in batch_rows.iter().zip(&logits) {
                 scores[row] = *score;
             }
-            stats += ScoreStats {
-                rows: batch_rows.len(),
-                tokens: result.tokens,
-                padded_tokens: result.padded_tokens,
-                truncated_rows: 0,
-                batches: 1,
-            };
-            on_batch(batch_rows.len(), result.tokens);
+            on_batch(batch_rows.len(), batch_stats.tokens);
+            stats += batch_stats;
         };
         if let [replica] = self.replicas.as_slice() {
             for batch_rows in &plan {
@@ -271,16 +290,16 @@ impl Engine {
         } else {
             self.run_on_replicas(rows, &plan, &mut record)?;
         }
-        Ok(Scored { scores, stats })
+        Ok((scores, stats))
     }
 
     /// [`Self::run_batch`], split in halves when the device runs out of memory.
-    fn run_batch_or_halves(&self, replica: &Replica, rows: &[&Encoded], batch_rows: &[usize]) -> Result<BatchResult> {
+    fn run_batch_or_halves(&self, replica: &Replica, rows: &[&Encoded], batch_rows: &[usize]) -> Result<BatchOutput> {
         run_splitting_on_oom(batch_rows, &mut |part| self.run_batch(replica, rows, part))
     }
 
     /// One forward pass: pads the batch's rows, runs the model, brings the f32 scores back.
-    fn run_batch(&self, replica: &Replica, rows: &[&Encoded], batch_rows: &[usize]) -> Result<BatchResult> {
+    fn run_batch(&self, replica: &Replica, rows: &[&Encoded], batch_rows: &[usize]) -> Result<BatchOutput> {
         let ids: Vec<&[u32]> = batch_rows.iter().map(|&i| rows[i].ids.as_slice()).collect();
         let batch = ModelBatch::padded(&ids, self.pad_token_id, &replica.device)?;
         let logits: Vec<f32> = replica.model.forward(&batch).and_then(|t| t.to_vec1()).with_context(|| {
@@ -291,7 +310,14 @@ impl Engine {
             };
             format!("forward pass on {} ({rows} rows × {width} tokens){hint}", replica.spec)
         })?;
-        Ok(BatchResult { logits, tokens: ids.iter().map(|r| r.len()).sum(), padded_tokens: batch.padded_tokens() })
+        let stats = ScoreStats {
+            model_rows: ids.len(),
+            tokens: ids.iter().map(|r| r.len()).sum(),
+            padded_tokens: batch.padded_tokens(),
+            batches: 1,
+            ..Default::default()
+        };
+        Ok((logits, stats))
     }
 
     /// Spreads the planned batches over the replicas: each device thread takes the next batch
@@ -301,11 +327,11 @@ impl Engine {
         &self,
         rows: &[&Encoded],
         plan: &[Vec<usize>],
-        record: &mut impl FnMut(&[usize], BatchResult),
+        record: &mut impl FnMut(&[usize], BatchOutput),
     ) -> Result<()> {
         let next = AtomicUsize::new(0);
         let failed = AtomicBool::new(false);
-        let (tx, rx) = mpsc::channel::<Result<(usize, BatchResult)>>();
+        let (tx, rx) = mpsc::channel::<Result<(usize, BatchOutput)>>();
         std::thread::scope(|scope| {
             for replica in &self.replicas {
                 let (tx, next, failed) = (tx.clone(), &next, &failed);
@@ -337,12 +363,6 @@ impl Engine {
         })
     }
 
-    /// Encodes and scores SFT rows (the whole pipeline, for callers that hold requests).
-    pub fn score_requests(&self, rows: &[ScoreRequest<'_>]) -> Result<Vec<f32>> {
-        let conversations: Vec<Conversation<'_>> = rows.iter().map(|r| r.conversation()).collect();
-        Ok(Scorer::score(self, &conversations)?.scores)
-    }
-
     /// What a score depends on besides the conversation.
     pub fn metadata(&self) -> Vec<(String, String)> {
         let c = &self.checkpoint;
@@ -354,7 +374,7 @@ impl Engine {
             ("skyscore.template_sha256".into(), self.encoder.template().sha256().into()),
             ("skyscore.max_length".into(), self.options.max_length.to_string()),
             ("skyscore.truncation_side".into(), self.options.truncation_side.as_str().into()),
-            ("skyscore.dtype".into(), format!("{:?}", self.dtype).to_lowercase()),
+            ("skyscore.dtype".into(), self.options.dtype.to_string()),
         ]
     }
 }
@@ -364,8 +384,8 @@ impl Engine {
 /// ending it. Scores do not depend on batch mates, so the halves give the same scores.
 fn run_splitting_on_oom(
     batch_rows: &[usize],
-    run: &mut impl FnMut(&[usize]) -> Result<BatchResult>,
-) -> Result<BatchResult> {
+    run: &mut impl FnMut(&[usize]) -> Result<BatchOutput>,
+) -> Result<BatchOutput> {
     match run(batch_rows) {
         Err(e) if batch_rows.len() > 1 && is_out_of_memory(&e) => {
             tracing::warn!(
@@ -373,68 +393,37 @@ fn run_splitting_on_oom(
                 "out of device memory; running the batch in two halves (lower --max-batch-tokens to avoid this)"
             );
             let (left, right) = batch_rows.split_at(batch_rows.len() / 2);
-            let mut first = run_splitting_on_oom(left, run)?;
-            let second = run_splitting_on_oom(right, run)?;
-            first.logits.extend(second.logits);
-            first.tokens += second.tokens;
-            first.padded_tokens += second.padded_tokens;
-            Ok(first)
+            let (mut logits, mut stats) = run_splitting_on_oom(left, run)?;
+            let (more, more_stats) = run_splitting_on_oom(right, run)?;
+            logits.extend(more);
+            stats += more_stats;
+            Ok((logits, stats))
         }
         other => other,
     }
 }
 
-/// CUDA driver allocation failures and cuBLAS workspace failures: both leave the context usable.
-fn is_out_of_memory(e: &anyhow::Error) -> bool {
-    let text = format!("{e:?}");
-    text.contains("CUDA_ERROR_OUT_OF_MEMORY") || text.contains("CUBLAS_STATUS_ALLOC_FAILED")
-}
+/// A slice of conversations as one chunk, borrowed as it is.
+struct SliceChunk<'s, 'a>(&'s [Conversation<'a>]);
 
-fn open_device(spec: &DeviceSpec) -> Result<Device> {
-    match spec {
-        DeviceSpec::Cpu => Ok(Device::Cpu),
-        DeviceSpec::Cuda(n) if candle_core::utils::cuda_is_available() => {
-            Device::new_cuda(*n).with_context(|| format!("opening {spec}"))
-        }
-        DeviceSpec::Cuda(_) => {
-            bail!("{spec}: this skyscore was built without CUDA (build it with scripts/build-cuda.sh)")
-        }
+impl ConversationChunk for SliceChunk<'_, '_> {
+    fn conversations(&self) -> Vec<Result<Conversation<'_>, String>> {
+        self.0.iter().map(|c| Ok(c.iter().map(ChatTurn::borrowed).collect())).collect()
     }
 }
 
+/// The SQL service's view of the engine: one call per merged request, chunked like any stream.
 impl Scorer for Engine {
     fn score(&self, conversations: &[Conversation<'_>]) -> Result<Scored, ScorerError> {
-        let chunk_rows = self.options.pipeline_chunk_rows.max(1);
-        let (tx, rx) = mpsc::sync_channel::<Result<Vec<Encoded>, ScorerError>>(1);
-        std::thread::scope(|scope| {
-            scope.spawn(move || {
-                for (k, chunk) in conversations.chunks(chunk_rows).enumerate() {
-                    let encoded: Result<Vec<Encoded>, ScorerError> = chunk
-                        .par_iter()
-                        .enumerate()
-                        .map(|(i, c)| {
-                            let row = k * chunk_rows + i;
-                            self.encoder
-                                .encode_conversation(c)
-                                .map_err(|e| ScorerError::Row { row, reason: e.to_string() })
-                        })
-                        .collect();
-                    let failed = encoded.is_err();
-                    if tx.send(encoded).is_err() || failed {
-                        break;
-                    }
-                }
-            });
-            let mut scored = Scored { scores: Vec::with_capacity(conversations.len()), stats: ScoreStats::default() };
-            for encoded in rx {
-                let encoded = encoded?;
-                let refs: Vec<&Encoded> = encoded.iter().collect();
-                let part = self.score_encoded(&refs, |_, _| {}).map_err(|e| ScorerError::Engine(format!("{e:#}")))?;
-                scored.scores.extend(part.scores);
-                scored.stats += part.stats;
-            }
-            Ok(scored)
+        let mut all = Scored { rows: Vec::with_capacity(conversations.len()), stats: ScoreStats::default() };
+        let chunks = conversations.chunks(self.options.chunk_rows()).map(|c| Ok(SliceChunk(c)));
+        self.score_chunks(chunks, &|_, _| {}, |_, scored| {
+            all.rows.extend(scored.rows);
+            all.stats += scored.stats;
+            Ok(())
         })
+        .map_err(|e| ScorerError::Engine(format!("{e:#}")))?;
+        Ok(all)
     }
 
     fn fingerprint(&self) -> String {
@@ -456,13 +445,14 @@ mod tests {
     use super::*;
 
     /// A stand-in forward pass: out of memory above `limit` rows, else each row's index as its score.
-    fn fake_run(limit: usize, calls: &mut Vec<usize>) -> impl FnMut(&[usize]) -> Result<BatchResult> + '_ {
+    fn fake_run(limit: usize, calls: &mut Vec<usize>) -> impl FnMut(&[usize]) -> Result<BatchOutput> + '_ {
         move |rows: &[usize]| {
             calls.push(rows.len());
             if rows.len() > limit {
                 bail!("forward pass on cuda:0: DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")");
             }
-            Ok(BatchResult { logits: rows.iter().map(|&r| r as f32).collect(), tokens: rows.len(), padded_tokens: 2 })
+            let stats = ScoreStats { model_rows: rows.len(), tokens: rows.len(), batches: 1, ..Default::default() };
+            Ok((rows.iter().map(|&r| r as f32).collect(), stats))
         }
     }
 
@@ -470,9 +460,9 @@ mod tests {
     fn out_of_memory_batches_run_in_halves_with_scores_in_place() {
         let rows: Vec<usize> = (10..21).collect();
         let mut calls = Vec::new();
-        let result = run_splitting_on_oom(&rows, &mut fake_run(3, &mut calls)).unwrap();
-        assert_eq!(result.logits, rows.iter().map(|&r| r as f32).collect::<Vec<_>>());
-        assert_eq!(result.tokens, 11);
+        let (logits, stats) = run_splitting_on_oom(&rows, &mut fake_run(3, &mut calls)).unwrap();
+        assert_eq!(logits, rows.iter().map(|&r| r as f32).collect::<Vec<_>>());
+        assert_eq!((stats.tokens, stats.batches), (11, 4));
         assert_eq!(calls, [11, 5, 2, 3, 6, 3, 3]);
     }
 
@@ -482,7 +472,7 @@ mod tests {
         let err = run_splitting_on_oom(&[7], &mut fake_run(0, &mut calls)).unwrap_err();
         assert!(is_out_of_memory(&err));
         assert_eq!(calls, [1]);
-        let mut broken = |_: &[usize]| -> Result<BatchResult> { bail!("shape mismatch") };
+        let mut broken = |_: &[usize]| -> Result<BatchOutput> { bail!("shape mismatch") };
         let err = run_splitting_on_oom(&[1, 2, 3], &mut broken).unwrap_err();
         assert_eq!(err.to_string(), "shape mismatch");
     }

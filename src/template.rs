@@ -7,8 +7,8 @@ use std::fmt::Write as _;
 
 use minijinja::value::{Kwargs, Serde, Value, ValueKind};
 use minijinja::{Environment, Error as JinjaError, ErrorKind};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use skyscore_core::ChatTurn;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
@@ -20,19 +20,6 @@ pub enum TemplateError {
     Compile(JinjaError),
     #[error("the chat template failed to render: {0:#}")]
     Render(JinjaError),
-}
-
-/// One chat message.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
-
-impl Message {
-    pub fn new(role: &str, content: impl Into<String>) -> Self {
-        Self { role: role.to_string(), content: content.into() }
-    }
 }
 
 /// A compiled chat template plus the special-token strings transformers passes to it.
@@ -70,7 +57,8 @@ impl ChatTemplate {
         &self.source_sha256
     }
 
-    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, TemplateError> {
+    /// Renders `messages` (seen by the template as a list of `{role, content}` objects).
+    pub fn render(&self, messages: &[ChatTurn<'_>], add_generation_prompt: bool) -> Result<String, TemplateError> {
         let mut ctx: BTreeMap<String, Value> = self.special_tokens.clone();
         ctx.insert("messages".into(), Value::from(Serde(messages)));
         ctx.insert("add_generation_prompt".into(), Value::from(add_generation_prompt));

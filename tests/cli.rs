@@ -15,7 +15,8 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 fn assert_clean_failure(out: &Output, needle: &str) {
     let err = stderr(out);
     assert!(!out.status.success(), "expected failure, got success; stderr: {err}");
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    // 1: the run failed; 2: clap refused a flag value (unknown dtype or device) before it began.
+    assert!(matches!(out.status.code(), Some(1 | 2)), "stderr: {err}");
     assert!(!err.contains("panicked"), "panic: {err}");
     assert!(err.contains(needle), "expected `{needle}` in: {err}");
 }

@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use skyscore::encode::TruncationSide;
 use skyscore::{Engine, EngineOptions};
-use skyscore_udf::ScoreRequest;
+use skyscore_core::ScoreRequest;
 
 const TOLERANCE: f64 = 1e-4;
 
@@ -37,7 +37,7 @@ fn check(model: &str, case: &str, max_length: usize, side: TruncationSide, batch
         assert_eq!(enc.ids.len(), exp.num_tokens);
         assert_eq!(enc.truncated, exp.truncated, "{model}/{case} id {}: truncation flag", exp.id);
     }
-    let scores = engine.score_requests(&reqs).unwrap();
+    let scores = scores(&engine, &reqs);
     let mut max_delta = 0f64;
     for (score, exp) in scores.iter().zip(&expected) {
         let delta = (*score as f64 - exp.score).abs();
@@ -92,11 +92,11 @@ fn scores_do_not_depend_on_batch_mates() {
     let rows = &rows[..120];
     for model in MODELS {
         let reqs = requests(rows);
-        let one = engine(model, 256, TruncationSide::Right, 1).score_requests(&reqs).unwrap();
-        let sixteen = engine(model, 256, TruncationSide::Right, 16).score_requests(&reqs).unwrap();
+        let one = scores(&engine(model, 256, TruncationSide::Right, 1), &reqs);
+        let sixteen = scores(&engine(model, 256, TruncationSide::Right, 16), &reqs);
         let mut reversed_reqs = reqs.clone();
         reversed_reqs.reverse();
-        let mut reversed = engine(model, 256, TruncationSide::Right, 7).score_requests(&reversed_reqs).unwrap();
+        let mut reversed = scores(&engine(model, 256, TruncationSide::Right, 7), &reversed_reqs);
         reversed.reverse();
         for i in 0..rows.len() {
             assert!((one[i] - sixteen[i]).abs() <= 1e-5, "{model} row {i}: {} vs {}", one[i], sixteen[i]);
@@ -110,19 +110,18 @@ fn scores_do_not_depend_on_batch_mates() {
 /// gives the same scores as well.
 #[test]
 fn replicas_and_pipelined_chunks_keep_every_score_on_its_row() {
-    use skyscore::DeviceSpec;
     let all_rows = parity_rows();
     let expected = expected("tiny-llama", "full");
     let rows: Vec<Row> = expected.iter().map(|e| all_rows.iter().find(|r| r.id == e.id).unwrap().clone()).collect();
     let reqs = requests(&rows);
     let opts = EngineOptions {
         batch_size: 5,
-        devices: DeviceSpec::parse_list("cpu,cpu,cpu").unwrap(),
-        pipeline_chunk_rows: 37,
+        devices: "cpu,cpu,cpu".parse().unwrap(),
+        chunk_rows: Some(37),
         ..Default::default()
     };
     let engine = Engine::load(model_dir("tiny-llama").to_str().unwrap(), &opts).unwrap();
-    let scores = engine.score_requests(&reqs).unwrap();
+    let scores = scores(&engine, &reqs);
     assert_eq!(scores.len(), expected.len());
     for (score, exp) in scores.iter().zip(&expected) {
         let delta = (*score as f64 - exp.score).abs();
@@ -147,11 +146,12 @@ fn device_lists_parse_and_reject_mixtures() {
 fn real_templates_render_like_transformers() {
     use skyscore::checkpoint::Checkpoint;
     use skyscore::hub::{FileSource, ModelSource};
-    use skyscore::template::{ChatTemplate, Message};
+    use skyscore::template::ChatTemplate;
+    use skyscore_core::ChatTurn;
 
     #[derive(serde::Deserialize)]
     struct Case {
-        messages: Vec<Message>,
+        messages: Vec<ChatTurn<'static>>,
         text: String,
         text_with_generation_prompt: String,
     }
@@ -179,9 +179,9 @@ fn half_precision_scores_stay_close() {
     let reqs = requests(rows);
     let expected = expected("tiny-qwen3", "full");
     for (dtype, bound) in [("f16", 1e-2), ("bf16", 1e-1)] {
-        let opts = EngineOptions { dtype: Some(dtype.into()), ..Default::default() };
+        let opts = EngineOptions { dtype: dtype.parse().unwrap(), ..Default::default() };
         let engine = Engine::load(model_dir("tiny-qwen3").to_str().unwrap(), &opts).unwrap();
-        let scores = engine.score_requests(&reqs).unwrap();
+        let scores = scores(&engine, &reqs);
         let max_delta = scores.iter().zip(&expected).map(|(s, e)| (*s as f64 - e.score).abs()).fold(0.0, f64::max);
         eprintln!("tiny-qwen3 {dtype}: max |Δ| vs transformers f32 = {max_delta:.3e}");
         assert!(max_delta <= bound, "{dtype}: max |Δ| {max_delta}");

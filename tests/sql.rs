@@ -10,8 +10,10 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{Float32Type, Int64Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
+use skyscore::session::{new_session, register_table};
 use skyscore::{Engine, EngineOptions};
-use skyscore_udf::{new_session, register_table, ScoreRequest, ScoringService};
+use skyscore_core::ScoreRequest;
+use skyscore_udf::ScoringService;
 
 fn engine() -> Arc<Engine> {
     Arc::new(Engine::load(model_dir("tiny-llama").to_str().unwrap(), &EngineOptions::default()).unwrap())
@@ -57,9 +59,9 @@ async fn where_and_select_score_each_row_once() {
     assert_eq!(rows.len(), 10);
     assert!(rows.windows(2).all(|w| w[0].1 >= w[1].1), "ordered by score");
     let stats = service.stats();
-    assert_eq!(stats.model_rows, DISTINCT_SAMPLE_ROWS, "{stats:?}");
-    assert!(stats.rows > stats.model_rows, "the plan evaluated the UDF more than once per row: {stats:?}");
-    assert_eq!(stats.cache_hits, stats.rows - stats.model_rows);
+    assert_eq!(stats.model.model_rows, DISTINCT_SAMPLE_ROWS, "{stats:?}");
+    assert!(stats.rows > stats.model.model_rows, "the plan evaluated the UDF more than once per row: {stats:?}");
+    assert_eq!(stats.cache_hits, stats.rows - stats.model.model_rows);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,7 +76,7 @@ async fn pushed_down_filters_score_each_row_once() {
     .await;
     let n: usize = batches.iter().map(|b| b.num_rows()).sum();
     assert!(n > 0 && n < DISTINCT_SAMPLE_ROWS);
-    assert_eq!(service.stats().model_rows, DISTINCT_SAMPLE_ROWS, "{:?}", service.stats());
+    assert_eq!(service.stats().model.model_rows, DISTINCT_SAMPLE_ROWS, "{:?}", service.stats());
 }
 
 /// DataFusion's physical projection pushdown would put the model below `WHERE id < 50` and
@@ -86,7 +88,7 @@ async fn filters_on_other_columns_run_before_the_model() {
     let rows =
         id_scores(&collect(&ctx, "SELECT id, skywork_score(instruction, input, output) FROM sft WHERE id < 50").await);
     assert_eq!(rows.len(), 50);
-    assert_eq!(service.stats().model_rows, 50, "{:?}", service.stats());
+    assert_eq!(service.stats().model.model_rows, 50, "{:?}", service.stats());
     let plan =
         collect(&ctx, "EXPLAIN SELECT id, skywork_score(instruction, input, output) FROM sft WHERE id < 50").await;
     let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan).unwrap().to_string();
@@ -110,7 +112,7 @@ async fn duplicate_rows_are_scored_once() {
     for triple in rows.chunks(3) {
         assert!(triple.iter().all(|r| r == &triple[0]), "duplicates share a score: {triple:?}");
     }
-    assert_eq!(service.stats().model_rows, 50);
+    assert_eq!(service.stats().model.model_rows, 50);
 }
 
 /// SQL scores equal the engine's (what `skyscore score` writes) and transformers' within 1e-4.
@@ -123,7 +125,7 @@ async fn sql_scores_equal_engine_scores() {
     let rows: Vec<Row> = parity_rows().into_iter().filter(|r| r.id.is_i64()).collect();
     let reqs: Vec<ScoreRequest> =
         rows.iter().map(|r| ScoreRequest::new(&r.instruction, r.input.as_deref(), &r.output)).collect();
-    let direct = engine.score_requests(&reqs).unwrap();
+    let direct = scores(&engine, &reqs);
     let expected = expected("tiny-llama", "full");
     assert_eq!(sql_rows.len(), direct.len());
     for ((id, sql), direct) in sql_rows.iter().zip(&direct) {
@@ -167,7 +169,7 @@ async fn argument_types_and_nulls() {
     let s = literal[0].column(0).as_primitive::<Float32Type>().value(0);
     let exp = expected("tiny-llama", "full").into_iter().find(|e| e.id == "edge-0").unwrap().score;
     assert!((s as f64 - exp).abs() <= 1e-4);
-    assert!(service.stats().model_rows <= 81, "{:?}", service.stats());
+    assert!(service.stats().model.model_rows <= 81, "{:?}", service.stats());
 }
 
 /// `skywork_score_chat` on a two-turn conversation equals `skywork_score` on the row; list
@@ -194,7 +196,7 @@ async fn chat_messages_score_like_rows() {
          WHERE id < 20 ORDER BY id",
     )
     .await;
-    let json_expected = engine.score_requests(&[ScoreRequest::new("hi", None, "hello")]).unwrap()[0];
+    let json_expected = scores(&engine, &[ScoreRequest::new("hi", None, "hello")])[0];
     for b in &batches {
         let col = |i: usize| b.column(i).as_primitive::<Float32Type>();
         for r in 0..b.num_rows() {
@@ -221,7 +223,7 @@ async fn wrong_arguments_are_planning_errors() {
         };
         assert!(err.contains(needle), "{sql}: {err}");
     }
-    assert_eq!(service.stats().model_rows, 0);
+    assert_eq!(service.stats().model.model_rows, 0);
     assert!(!service.is_loaded() || service.stats().rows == 0);
 }
 

@@ -1,13 +1,16 @@
-//! Model flags shared by `skyscore score` and `skyscore sql`, merged over the YAML config.
+//! Model flags shared by `skyscore score` and `skyscore sql`, merged over the YAML config and
+//! parsed into typed [`EngineOptions`] here, once.
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::config::ScorerConfig;
+use crate::device::DeviceList;
 use crate::encode::TruncationSide;
-use crate::engine::{DeviceSpec, EngineOptions};
+use crate::engine::EngineOptions;
+use crate::models::Dtype;
 
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
@@ -33,13 +36,18 @@ pub struct EngineArgs {
     /// Lower it if the card runs out of memory. [default: 8192 on CPU, 65536 on GPU]
     #[arg(long)]
     pub max_batch_tokens: Option<usize>,
+    /// Rows tokenized, length-sorted and scored together; the next chunk is tokenized while
+    /// the model works on this one. Larger chunks pad less, smaller ones start sooner.
+    /// [default: 1024 on CPU, 16384 on GPU]
+    #[arg(long, visible_alias = "window")]
+    pub chunk_rows: Option<usize>,
     /// cpu, cuda, cuda:N, or a list such as cuda:0,cuda:1 (one model replica per device,
     /// batches spread over them). [default: cuda:0 in a CUDA build when a GPU is visible, else cpu]
     #[arg(long)]
-    pub device: Option<String>,
+    pub device: Option<DeviceList>,
     /// Weight and compute dtype: f32, f16 or bf16. [default: f32 on CPU, bf16 on CUDA]
     #[arg(long)]
-    pub dtype: Option<String>,
+    pub dtype: Option<Dtype>,
 }
 
 /// The model to load and how to run it.
@@ -55,10 +63,14 @@ impl EngineArgs {
             Some(path) => ScorerConfig::load(path)?,
             None => ScorerConfig::default(),
         };
-        let devices = match self.device.as_deref().or(cfg.device.as_deref()) {
-            Some(list) => DeviceSpec::parse_list(list).map_err(anyhow::Error::msg)?,
-            None => vec![DeviceSpec::default_for_build()],
+        let devices = match (&self.device, &cfg.device) {
+            (Some(list), _) => list.clone(),
+            (None, Some(text)) => text.parse::<DeviceList>().map_err(anyhow::Error::msg).with_context(|| {
+                format!("`device` in {}", self.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
+            })?,
+            (None, None) => DeviceList::default_for_build(),
         };
+        let dtype = self.dtype.or(cfg.dtype).unwrap_or(Dtype::default_for(devices.on_gpu()));
         Ok(ResolvedEngine {
             model: self.model.clone().unwrap_or(cfg.model),
             options: EngineOptions {
@@ -66,9 +78,9 @@ impl EngineArgs {
                 truncation_side: self.truncation_side.unwrap_or(cfg.truncation_side),
                 batch_size: self.batch_size.unwrap_or(cfg.batch_size),
                 max_batch_tokens: self.max_batch_tokens.or(cfg.max_batch_tokens),
+                chunk_rows: self.chunk_rows,
                 devices,
-                dtype: self.dtype.clone().or(cfg.dtype),
-                ..Default::default()
+                dtype,
             },
         })
     }

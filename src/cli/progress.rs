@@ -1,6 +1,8 @@
 //! The progress bar of long runs: rows done, tokens/s, ETA. Hidden when stderr is not a
-//! terminal (indicatif's stderr target does that) or when the user asks.
+//! terminal (indicatif's stderr target does that) or when the user asks. Shared by reference
+//! between the reading side (skipped rows) and the device side (scored batches).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -8,7 +10,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 pub struct Progress {
     bar: ProgressBar,
     started: Instant,
-    tokens: usize,
+    tokens: AtomicUsize,
 }
 
 impl Progress {
@@ -23,13 +25,13 @@ impl Progress {
         )
         .expect("valid template");
         bar.set_style(style);
-        Self { bar, started: Instant::now(), tokens: 0 }
+        Self { bar, started: Instant::now(), tokens: AtomicUsize::new(0) }
     }
 
-    pub fn advance(&mut self, rows: usize, tokens: usize) {
-        self.tokens += tokens;
+    pub fn advance(&self, rows: usize, tokens: usize) {
+        let total = self.tokens.fetch_add(tokens, Ordering::Relaxed) + tokens;
         let secs = self.started.elapsed().as_secs_f64().max(1e-9);
-        self.bar.set_message(format!("{:.0} tok/s", self.tokens as f64 / secs));
+        self.bar.set_message(format!("{:.0} tok/s", total as f64 / secs));
         self.bar.inc(rows as u64);
     }
 

@@ -10,16 +10,19 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::prelude::SessionContext;
+use datafusion::sql::parser::{DFParser, Statement};
 use datafusion_cli::exec::{exec_from_commands, exec_from_repl};
 use datafusion_cli::object_storage::instrumented::InstrumentedObjectStoreRegistry;
 use datafusion_cli::print_format::PrintFormat;
 use datafusion_cli::print_options::{MaxRows, PrintOptions};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use skyscore_udf::{new_session, register_table, set_parquet_metadata, Scorer, ScoringService};
+use skyscore_udf::{plan_calls_model, Scorer, ScoringService};
 
 use super::engine_args::EngineArgs;
 use super::summary::RunSummary;
 use crate::engine::Engine;
+use crate::session::{new_session, register_table, set_parquet_metadata};
+use crate::tables::TableFormat;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -82,25 +85,11 @@ pub fn run(args: SqlArgs) -> Result<()> {
     let result = runtime.block_on(run_session(&args, &service));
 
     let stats = service.stats();
-    let wall_s = started.elapsed().as_secs_f64();
-    let summary = RunSummary {
-        rows: stats.rows,
-        model_rows: stats.model_rows,
-        cache_hits: stats.cache_hits,
-        tokens: stats.tokens,
-        padded_tokens: stats.padded_tokens,
-        truncated_rows: stats.truncated_rows,
-        batches: stats.batches,
-        wall_s,
-        tokens_per_s: stats.tokens as f64 / wall_s.max(1e-9),
-        model_s: stats.model_s,
-        model: resolved.model.clone(),
-        device: crate::engine::DeviceSpec::list_to_string(&resolved.options.devices),
-        dtype: resolved.options.dtype.clone().unwrap_or_default(),
-        max_length: resolved.options.max_length,
-        batch_size: resolved.options.batch_size,
-        ..Default::default()
-    };
+    let mut summary = RunSummary::new(&resolved.model, &resolved.options);
+    summary.rows = stats.rows;
+    summary.cache_hits = stats.cache_hits;
+    summary.stats = stats.model;
+    summary.finish(started.elapsed().as_secs_f64());
     if service.is_loaded() {
         eprintln!("{}", summary.sql_line());
     }
@@ -137,8 +126,7 @@ async fn run_session(args: &SqlArgs, service: &Arc<ScoringService>) -> Result<()
             return Ok(());
         }
     };
-    let lower = commands.to_ascii_lowercase();
-    if lower.contains("skywork_score") && lower.contains("copy") {
+    if copies_scores(&ctx, &commands).await {
         // COPY fixes its Parquet options when planned: load first so the files it writes carry
         // the model's metadata.
         let scorer = service.scorer().map_err(anyhow::Error::msg)?;
@@ -153,14 +141,31 @@ async fn run_session(args: &SqlArgs, service: &Arc<ScoringService>) -> Result<()
     result
 }
 
+/// Whether one of the statements is a `COPY` whose query runs the model. Statements that
+/// cannot be planned yet (a table an earlier statement creates) count as "maybe": loading
+/// the model early costs nothing that the statement would not spend anyway.
+async fn copies_scores(ctx: &SessionContext, sql: &str) -> bool {
+    let Ok(statements) = DFParser::parse_sql(sql) else { return false };
+    let state = ctx.state();
+    for statement in statements {
+        if !matches!(statement, Statement::CopyTo(_)) {
+            continue;
+        }
+        match state.statement_to_plan(statement).await {
+            Ok(plan) if !plan_calls_model(&plan) => {}
+            _ => return true,
+        }
+    }
+    false
+}
+
 /// Runs one query and streams its result into `path`.
 async fn write_query(ctx: &SessionContext, sql: &str, path: &std::path::Path, service: &ScoringService) -> Result<()> {
     let location = path.to_str().context("output path is not UTF-8")?;
     let df = ctx.sql(sql).await?;
     let options = DataFrameWriteOptions::new().with_single_file_output(true);
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    let written = match ext.as_str() {
-        "parquet" | "pq" => {
+    let written = match TableFormat::of_path(path) {
+        Some(TableFormat::Parquet) => {
             let mut parquet = ctx.state().table_options().parquet.clone();
             if let Ok(scorer) = service.scorer() {
                 for (k, v) in scorer.metadata() {
@@ -169,9 +174,9 @@ async fn write_query(ctx: &SessionContext, sql: &str, path: &std::path::Path, se
             }
             df.write_parquet(location, options, Some(parquet)).await?
         }
-        "csv" => df.write_csv(location, options, None).await?,
-        "json" | "jsonl" | "ndjson" => df.write_json(location, options, None).await?,
-        _ => bail!("{}: unknown output format (use .parquet, .csv, .json or .jsonl)", path.display()),
+        Some(TableFormat::Csv) => df.write_csv(location, options, None).await?,
+        Some(TableFormat::Json) => df.write_json(location, options, None).await?,
+        None => bail!("{}: unknown output format (use .parquet, .csv, .json or .jsonl)", path.display()),
     };
     let rows: u64 = written
         .iter()
@@ -205,9 +210,9 @@ impl ProgressTicker {
                     let secs = started.elapsed().as_secs_f64().max(1e-9);
                     bar.set_message(format!(
                         "{} rows scored by the model ({} from cache) · {:.0} tok/s",
-                        s.model_rows,
+                        s.model.model_rows,
                         s.cache_hits,
-                        s.tokens as f64 / secs
+                        s.model.tokens as f64 / secs
                     ));
                     bar.tick();
                 }

@@ -5,30 +5,26 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+use skyscore_core::ScoreStats;
+
+use crate::engine::EngineOptions;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunSummary {
-    /// Rows read from the input.
+    /// Rows read from the input (`skyscore sql`: evaluations of the UDFs).
     pub rows: usize,
-    /// Rows the model actually ran.
-    pub model_rows: usize,
     /// Rows answered from the score cache (`skyscore sql`: repeated evaluations and duplicates).
     pub cache_hits: usize,
     /// Rows given a null score because they were invalid (`--skip-invalid`).
     pub skipped_rows: usize,
-    /// Tokens fed to the model (after truncation, without padding).
-    pub tokens: usize,
-    /// Tokens the model computed, padding included.
-    pub padded_tokens: usize,
-    pub truncated_rows: usize,
-    pub batches: usize,
+    /// What the model did: model_rows, tokens, padded_tokens, truncated_rows, batches, model_s.
+    #[serde(flatten)]
+    pub stats: ScoreStats,
     pub wall_s: f64,
     /// Seconds spent loading the model, part of `wall_s` (`skyscore score`; the SQL shell
     /// loads it lazily).
     pub load_s: Option<f64>,
     pub tokens_per_s: f64,
-    /// Seconds spent inside the model's scoring calls.
-    pub model_s: f64,
     pub model: String,
     pub device: String,
     pub dtype: String,
@@ -37,15 +33,34 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
+    /// A summary of a run of `model` with `options`, before any row.
+    pub fn new(model: &str, options: &EngineOptions) -> Self {
+        Self {
+            model: model.to_string(),
+            device: options.devices.to_string(),
+            dtype: options.dtype.to_string(),
+            max_length: options.max_length,
+            batch_size: options.batch_size,
+            ..Default::default()
+        }
+    }
+
+    /// Sets the wall time (and the throughput over it).
+    pub fn finish(&mut self, wall_s: f64) {
+        self.wall_s = wall_s;
+        self.tokens_per_s = self.stats.tokens as f64 / wall_s.max(1e-9);
+    }
+
     pub fn line(&self) -> String {
+        let s = &self.stats;
         format!(
             "scored {} rows ({} by the model, {} skipped) · {} tokens ({} padded) · {} truncated · {:.2} s · {:.0} tokens/s",
             self.rows,
-            self.model_rows,
+            s.model_rows,
             self.skipped_rows,
-            self.tokens,
-            self.padded_tokens,
-            self.truncated_rows,
+            s.tokens,
+            s.padded_tokens,
+            s.truncated_rows,
             self.wall_s,
             self.tokens_per_s
         )
@@ -53,14 +68,15 @@ impl RunSummary {
 
     /// The summary of `skyscore sql`, where `rows` counts every evaluation of the UDFs.
     pub fn sql_line(&self) -> String {
+        let s = &self.stats;
         format!(
             "skywork_score: {} rows evaluated, {} scored by the model, {} from cache · {} tokens ({} padded) · {} truncated · {:.2} s · {:.0} tokens/s",
             self.rows,
-            self.model_rows,
+            s.model_rows,
             self.cache_hits,
-            self.tokens,
-            self.padded_tokens,
-            self.truncated_rows,
+            s.tokens,
+            s.padded_tokens,
+            s.truncated_rows,
             self.wall_s,
             self.tokens_per_s
         )

@@ -1,8 +1,8 @@
 //! Reading an input table as a stream of record batches.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -12,8 +12,10 @@ use datafusion::arrow::json::ReaderBuilder;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+use crate::tables::{json_is_array, TableFormat};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InputFormat {
+enum InputFormat {
     Jsonl,
     JsonArray,
     Parquet,
@@ -21,33 +23,18 @@ pub enum InputFormat {
 
 /// An opened input: its schema, its row count when known up front, and its batches.
 pub struct InputTable {
-    pub path: PathBuf,
-    pub format: InputFormat,
     pub schema: SchemaRef,
     pub num_rows: Option<usize>,
     pub batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send>,
 }
 
-/// `.parquet`/`.pq` are Parquet; `.json`, `.jsonl`, `.ndjson` are JSON, told apart by their
-/// first non-blank byte (`[` is an array, `{` is one object per line).
+/// Parquet by extension; JSON files told apart by their first non-blank byte (`[` is an
+/// array, `{` is one object per line).
 fn detect(path: &Path) -> Result<InputFormat> {
-    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-    match ext.as_str() {
-        "parquet" | "pq" => Ok(InputFormat::Parquet),
-        "json" | "jsonl" | "ndjson" => {
-            let mut reader =
-                BufReader::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?);
-            let mut byte = [0u8; 1];
-            loop {
-                if reader.read(&mut byte)? == 0 {
-                    return Ok(InputFormat::Jsonl); // empty file: zero rows
-                }
-                if !byte[0].is_ascii_whitespace() {
-                    break;
-                }
-            }
-            Ok(if byte[0] == b'[' { InputFormat::JsonArray } else { InputFormat::Jsonl })
-        }
+    match TableFormat::of_path(path) {
+        Some(TableFormat::Parquet) => Ok(InputFormat::Parquet),
+        Some(TableFormat::Json) if json_is_array(path)? => Ok(InputFormat::JsonArray),
+        Some(TableFormat::Json) => Ok(InputFormat::Jsonl),
         _ => bail!("{}: unknown input format (use .parquet, .jsonl or .json)", path.display()),
     }
 }
@@ -112,7 +99,7 @@ pub fn open_input(path: &Path, batch_rows: usize) -> Result<InputTable> {
                 (schema, Some(n), Box::new(it))
             }
         };
-    Ok(InputTable { path: path.to_path_buf(), format, schema, num_rows, batches })
+    Ok(InputTable { schema, num_rows, batches })
 }
 
 fn count_json_lines(path: &Path) -> Result<usize> {

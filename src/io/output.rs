@@ -14,6 +14,8 @@ use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::file::properties::WriterProperties;
 
+use crate::tables::TableFormat;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputFormat {
     Jsonl,
@@ -22,12 +24,13 @@ pub enum OutputFormat {
 }
 
 impl OutputFormat {
+    /// `.parquet`/`.pq`, `.json` (one array) or `.jsonl`/`.ndjson` (one object per line).
     pub fn from_path(path: &Path) -> Result<Self> {
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-        Ok(match ext.as_str() {
-            "jsonl" | "ndjson" => OutputFormat::Jsonl,
-            "json" => OutputFormat::JsonArray,
-            "parquet" | "pq" => OutputFormat::Parquet,
+        let is_json_array = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        Ok(match TableFormat::of_path(path) {
+            Some(TableFormat::Parquet) => OutputFormat::Parquet,
+            Some(TableFormat::Json) if is_json_array => OutputFormat::JsonArray,
+            Some(TableFormat::Json) => OutputFormat::Jsonl,
             _ => bail!("{}: unknown output format (use .jsonl, .json or .parquet)", path.display()),
         })
     }

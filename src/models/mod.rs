@@ -7,13 +7,28 @@ pub mod qwen3;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
+use serde_json::Value as Json;
 
 pub use layers::pooled_index;
 use llama::{LlamaConfig, LlamaForSequenceClassification};
 use qwen3::{Qwen3Config, Qwen3ForSequenceClassification};
 
+const LLAMA: &str = "LlamaForSequenceClassification";
+const QWEN3: &str = "Qwen3ForSequenceClassification";
+
 /// The `architectures` entries this build can run.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["LlamaForSequenceClassification", "Qwen3ForSequenceClassification"];
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[LLAMA, QWEN3];
+
+/// Why a config.json does not describe a model this build can run.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchError {
+    #[error("unsupported architecture {found:?}; supported: {}", SUPPORTED_ARCHITECTURES.join(", "))]
+    Unsupported { found: Vec<String> },
+    #[error("num_labels is {0}; a reward model has exactly one label")]
+    NumLabels(usize),
+    #[error(transparent)]
+    Invalid(#[from] serde_json::Error),
+}
 
 /// A batch as the model consumes it. Today rows are right-padded to a common length
 /// (`input_ids: [batch, seq]`); a packed, padding-free layout would add cumulative sequence
@@ -63,10 +78,36 @@ pub enum ArchConfig {
 }
 
 impl ArchConfig {
+    /// Reads the architecture from a parsed config.json: the first `architectures` entry picks
+    /// the config struct, and a reward model must have exactly one label.
+    pub fn from_config(config: &Json) -> std::result::Result<Self, ArchError> {
+        let archs: Vec<String> = config
+            .get("architectures")
+            .and_then(Json::as_array)
+            .map(|a| a.iter().filter_map(Json::as_str).map(str::to_string).collect())
+            .unwrap_or_default();
+        let arch = match archs.first().map(String::as_str) {
+            Some(LLAMA) => ArchConfig::Llama(serde_json::from_value(config.clone())?),
+            Some(QWEN3) => ArchConfig::Qwen3(serde_json::from_value(config.clone())?),
+            _ => return Err(ArchError::Unsupported { found: archs }),
+        };
+        // transformers: num_labels is len(id2label) when present, else `num_labels`, else 2.
+        let num_labels =
+            match (config.get("id2label").and_then(Json::as_object), config.get("num_labels").and_then(Json::as_u64)) {
+                (Some(map), _) => map.len(),
+                (None, Some(n)) => n as usize,
+                (None, None) => 2,
+            };
+        if num_labels != 1 {
+            return Err(ArchError::NumLabels(num_labels));
+        }
+        Ok(arch)
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
-            ArchConfig::Llama(_) => "LlamaForSequenceClassification",
-            ArchConfig::Qwen3(_) => "Qwen3ForSequenceClassification",
+            ArchConfig::Llama(_) => LLAMA,
+            ArchConfig::Qwen3(_) => QWEN3,
         }
     }
 
@@ -95,12 +136,79 @@ impl RewardModel {
     }
 }
 
-/// Parses a dtype name as used on the command line and in config.json.
-pub fn parse_dtype(name: &str) -> Option<DType> {
-    match name {
-        "f32" | "float32" => Some(DType::F32),
-        "f16" | "float16" | "half" => Some(DType::F16),
-        "bf16" | "bfloat16" => Some(DType::BF16),
-        _ => None,
+/// Weight and compute precision, parsed once from a flag or the YAML config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum Dtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = String;
+    fn from_str(name: &str) -> std::result::Result<Self, String> {
+        match name {
+            "f32" | "float32" => Ok(Dtype::F32),
+            "f16" | "float16" | "half" => Ok(Dtype::F16),
+            "bf16" | "bfloat16" => Ok(Dtype::Bf16),
+            _ => Err(format!("unknown dtype `{name}` (f32, f16, bf16)")),
+        }
+    }
+}
+
+impl TryFrom<String> for Dtype {
+    type Error = String;
+    fn try_from(name: String) -> std::result::Result<Self, String> {
+        name.parse()
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dtype::F32 => "f32",
+            Dtype::F16 => "f16",
+            Dtype::Bf16 => "bf16",
+        })
+    }
+}
+
+impl Dtype {
+    /// f32 on CPU (exact), bf16 on GPUs (what the cards are fast at).
+    pub fn default_for(on_gpu: bool) -> Self {
+        if on_gpu {
+            Dtype::Bf16
+        } else {
+            Dtype::F32
+        }
+    }
+
+    pub fn candle(self) -> DType {
+        match self {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::Bf16 => DType::BF16,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dtypes_parse_by_short_and_torch_names() {
+        assert_eq!("bfloat16".parse::<Dtype>().unwrap(), Dtype::Bf16);
+        assert_eq!("f32".parse::<Dtype>().unwrap().to_string(), "f32");
+        assert_eq!("f8".parse::<Dtype>().unwrap_err(), "unknown dtype `f8` (f32, f16, bf16)");
+    }
+
+    #[test]
+    fn architectures_dispatch_and_reward_heads_have_one_label() {
+        let err = ArchConfig::from_config(&serde_json::json!({"architectures": ["GPT2Model"]})).unwrap_err();
+        assert!(err.to_string().contains("LlamaForSequenceClassification, Qwen3ForSequenceClassification"));
+        let err = ArchConfig::from_config(&serde_json::json!({"architectures": [LLAMA]})).unwrap_err();
+        assert!(matches!(err, ArchError::Invalid(_)), "missing sizes: {err}");
     }
 }

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde::Deserialize;
+use skyscore::Engine;
+use skyscore_core::{ScoreRequest, Scorer};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -67,4 +69,12 @@ pub fn p(path: &Path) -> &str {
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Scores SFT rows through the engine's `Scorer` path (the one the SQL service uses); every row
+/// must score.
+pub fn scores(engine: &Engine, rows: &[ScoreRequest<'_>]) -> Vec<f32> {
+    let conversations: Vec<_> = rows.iter().map(|r| r.conversation()).collect();
+    let scored = Scorer::score(engine, &conversations).unwrap();
+    scored.rows.into_iter().enumerate().map(|(i, r)| r.unwrap_or_else(|e| panic!("row {i}: {e}")).score).collect()
 }

@@ -1,6 +1,7 @@
 //! The DataFusion side of skyscore: the `skywork_score` and `skywork_score_chat` scalar UDFs,
-//! their argument handling, and the batching of record batches toward a scorer. This crate
-//! knows the [`Scorer`] trait, not the model behind it.
+//! their argument handling, the batching service that sends rows to a [`Scorer`], the score
+//! cache in front of it, and the plan rule that keeps the model above filters. This crate
+//! knows the [`Scorer`] trait (from `skyscore-core`), not the model behind it.
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -15,20 +16,22 @@
 pub mod args;
 pub mod cache;
 pub mod plan;
-pub mod scorer;
 pub mod service;
-pub mod session;
 pub mod skywork_score;
 pub mod skywork_score_chat;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::SessionContext;
 
-pub use scorer::{ChatTurn, Conversation, ScoreRequest, ScoreStats, Scored, Scorer, ScorerError};
+pub use plan::{plan_calls_model, FilterBeforeModel, MODEL_FUNCTIONS};
 pub use service::{ScorerLoader, ScoringService, ServiceStats};
-pub use session::{new_session, register_table, set_parquet_metadata};
+pub use skyscore_core::{
+    ChatTurn, Conversation, RowResult, RowScore, ScoreRequest, ScoreStats, Scored, Scorer, ScorerError,
+};
 pub use skywork_score::SkyworkScore;
 pub use skywork_score_chat::SkyworkScoreChat;
 

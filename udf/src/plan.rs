@@ -10,6 +10,7 @@ use std::sync::Arc;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::Result;
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::projection::update_expr;
 use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
@@ -20,7 +21,28 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::ExecutionPlan;
 
 /// Names of the functions that run the model.
-const MODEL_FUNCTIONS: [&str; 2] = [crate::skywork_score::NAME, crate::skywork_score_chat::NAME];
+pub const MODEL_FUNCTIONS: [&str; 2] = [crate::skywork_score::NAME, crate::skywork_score_chat::NAME];
+
+/// Whether a logical plan (subqueries included) calls a function that runs the model: the app
+/// loads the model before planning a `COPY` only when it does (the written file must carry
+/// the model's metadata, and COPY fixes its options when planned).
+pub fn plan_calls_model(plan: &LogicalPlan) -> bool {
+    let mut found = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                if let Expr::ScalarFunction(f) = e {
+                    if MODEL_FUNCTIONS.contains(&f.name()) {
+                        found = true;
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    found
+}
 
 fn calls_model(expr: &Arc<dyn PhysicalExpr>) -> bool {
     let mut found = false;
@@ -77,5 +99,112 @@ impl PhysicalOptimizerRule for FilterBeforeModel {
 
     fn schema_check(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::{Int64Array, RecordBatch, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::MemTable;
+    use datafusion::execution::SessionStateBuilder;
+    use datafusion::physical_plan::displayable;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+
+    use super::*;
+    use crate::testing::FakeScorer;
+    use crate::ScoringService;
+
+    /// A session over a 100-row table `t(id, instruction, output)`, with or without the rule.
+    fn session(with_rule: bool) -> (SessionContext, Arc<FakeScorer>) {
+        let mut builder = SessionStateBuilder::new()
+            .with_config(SessionConfig::new().with_target_partitions(2))
+            .with_default_features();
+        if with_rule {
+            builder = builder.with_physical_optimizer_rule(Arc::new(FilterBeforeModel));
+        }
+        let ctx = SessionContext::new_with_state(builder.build());
+        let fake = FakeScorer::new();
+        crate::register(&ctx, ScoringService::new(fake.clone()));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("instruction", DataType::Utf8, false),
+            Field::new("output", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..100)),
+                Arc::new(StringArray::from_iter_values((0..100).map(|i| format!("question {i}")))),
+                Arc::new(StringArray::from_iter_values((0..100).map(|i| format!("answer {i}")))),
+            ],
+        )
+        .unwrap();
+        ctx.register_table("t", Arc::new(MemTable::try_new(schema, vec![vec![batch]]).unwrap())).unwrap();
+        (ctx, fake)
+    }
+
+    const FILTERED: &str = "SELECT id, skywork_score(instruction, output) AS s FROM t WHERE id < 7";
+
+    /// Lines of the indented physical plan: the first one mentioning each operator.
+    fn operator_line(plan: &str, needle: &str) -> usize {
+        plan.lines().position(|l| l.contains(needle)).unwrap_or_else(|| panic!("no {needle} in\n{plan}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_model_sees_only_rows_that_pass_the_filter() {
+        let (ctx, fake) = session(true);
+        let df = ctx.sql(FILTERED).await.unwrap();
+        let plan = df.clone().create_physical_plan().await.unwrap();
+        let text = displayable(plan.as_ref()).indent(true).to_string();
+        let (projection, filter) = (operator_line(&text, "skywork_score"), operator_line(&text, "FilterExec"));
+        assert!(projection < filter, "the scoring projection runs above the filter:\n{text}");
+        let rows: usize = df.collect().await.unwrap().iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 7);
+        assert_eq!(fake.rows_scored(), 7);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_rule_swaps_a_filter_back_above_a_scoring_projection() {
+        // Plan without the rule, then apply it by hand: whatever order DataFusion chose, the
+        // result filters first.
+        let (ctx, _) = session(false);
+        let plan = ctx.sql(FILTERED).await.unwrap().create_physical_plan().await.unwrap();
+        let optimized = FilterBeforeModel.optimize(plan, &ConfigOptions::default()).unwrap();
+        let text = displayable(optimized.as_ref()).indent(true).to_string();
+        assert!(operator_line(&text, "skywork_score") < operator_line(&text, "FilterExec"), "{text}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_filter_on_the_score_stays_above_the_model() {
+        let (ctx, fake) = session(true);
+        let sql = "SELECT id FROM (SELECT id, skywork_score(instruction, output) AS s FROM t) WHERE s > 32";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        // Roles and texts: ids 10..99 (two-digit numbers) score 33.2, ids 0..9 score 31.2.
+        let expected = (0..100)
+            .filter(|i| {
+                let (q, a) = (format!("question {i}"), format!("answer {i}"));
+                FakeScorer::score_of(&skyscore_core::ScoreRequest::new(&q, None, &a).conversation()) > 32.0
+            })
+            .count();
+        assert!(expected > 0 && expected < 100);
+        assert_eq!(rows, expected);
+        assert_eq!(fake.rows_scored(), 100, "every row is scored once, even when evaluated twice");
+    }
+
+    #[tokio::test]
+    async fn logical_plans_that_call_the_model_are_recognised() {
+        let (ctx, _) = session(true);
+        for (sql, calls) in [
+            (FILTERED, true),
+            ("SELECT id FROM t WHERE id IN (SELECT id FROM t WHERE skywork_score(instruction, output) > 0)", true),
+            ("COPY (SELECT *, skywork_score(instruction, output) FROM t) TO '/tmp/x.parquet'", true),
+            ("SELECT id, upper(instruction) FROM t", false),
+            ("COPY (SELECT * FROM t) TO '/tmp/x.parquet'", false),
+        ] {
+            let plan = ctx.state().create_logical_plan(sql).await.unwrap();
+            assert_eq!(plan_calls_model(&plan), calls, "{sql}");
+        }
     }
 }

@@ -13,8 +13,9 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use crate::cache::{cache_key, CacheKey, ScoreCache};
-use crate::scorer::{ChatTurn, Conversation, ScoreStats, Scored, Scorer, ScorerError};
+use skyscore_core::{conversation_key, ChatTurn, Conversation, ConversationKey, ScoreStats, Scorer, ScorerError};
+
+use crate::cache::ScoreCache;
 
 /// Builds the scorer the first time a query needs it (model loading is lazy).
 pub type ScorerLoader = Box<dyn Fn() -> Result<Arc<dyn Scorer>, String> + Send + Sync>;
@@ -26,40 +27,12 @@ pub struct ServiceStats {
     pub rows: usize,
     /// Of those, answered from the score cache or as duplicates of a row being scored.
     pub cache_hits: usize,
-    /// Rows the model actually ran.
-    pub model_rows: usize,
-    pub tokens: usize,
-    pub padded_tokens: usize,
-    pub truncated_rows: usize,
-    pub batches: usize,
-    /// Seconds the model spent scoring (wall time inside the worker).
-    pub model_s: f64,
-}
-
-#[derive(Default)]
-struct Counters {
-    rows: AtomicUsize,
-    model_rows: AtomicUsize,
-    tokens: AtomicUsize,
-    padded_tokens: AtomicUsize,
-    truncated_rows: AtomicUsize,
-    batches: AtomicUsize,
-    model_us: AtomicUsize,
-}
-
-impl Counters {
-    fn add(&self, s: &ScoreStats, micros: usize) {
-        self.model_rows.fetch_add(s.rows, Ordering::Relaxed);
-        self.tokens.fetch_add(s.tokens, Ordering::Relaxed);
-        self.padded_tokens.fetch_add(s.padded_tokens, Ordering::Relaxed);
-        self.truncated_rows.fetch_add(s.truncated_rows, Ordering::Relaxed);
-        self.batches.fetch_add(s.batches, Ordering::Relaxed);
-        self.model_us.fetch_add(micros, Ordering::Relaxed);
-    }
+    /// The model's work (`model_s`: wall time inside the worker's scoring calls).
+    pub model: ScoreStats,
 }
 
 struct Job {
-    keys: Vec<CacheKey>,
+    keys: Vec<ConversationKey>,
     conversations: Vec<Conversation<'static>>,
     reply: Sender<Result<Vec<f32>, ScorerError>>,
 }
@@ -67,6 +40,13 @@ struct Job {
 struct Worker {
     jobs: Sender<Job>,
     scorer: Arc<dyn Scorer>,
+}
+
+#[derive(Default)]
+struct Counters {
+    rows: AtomicUsize,
+    cache_hits: AtomicUsize,
+    model: Mutex<ScoreStats>,
 }
 
 pub struct ScoringService {
@@ -129,31 +109,27 @@ impl ScoringService {
 
     pub fn stats(&self) -> ServiceStats {
         let c = &self.counters;
-        let get = |a: &AtomicUsize| a.load(Ordering::Relaxed);
         ServiceStats {
-            rows: get(&c.rows),
-            cache_hits: get(&c.rows).saturating_sub(get(&c.model_rows)),
-            model_rows: get(&c.model_rows),
-            tokens: get(&c.tokens),
-            padded_tokens: get(&c.padded_tokens),
-            truncated_rows: get(&c.truncated_rows),
-            batches: get(&c.batches),
-            model_s: get(&c.model_us) as f64 / 1e6,
+            rows: c.rows.load(Ordering::Relaxed),
+            cache_hits: c.cache_hits.load(Ordering::Relaxed),
+            model: *c.model.lock().expect("stats lock"),
         }
     }
 
-    /// Scores conversations, from the cache where possible; scores come back in order.
+    /// Scores conversations, from the cache where possible; scores come back in order. A row
+    /// the scorer cannot score fails the call with [`ScorerError::Row`] naming it.
     /// Cache hits are answered here without copying anything; misses go to the worker.
     pub fn score(&self, conversations: Vec<Conversation<'_>>) -> Result<Vec<f32>, ScorerError> {
         self.counters.rows.fetch_add(conversations.len(), Ordering::Relaxed);
-        let keys: Vec<CacheKey> = conversations.iter().map(|c| cache_key(c)).collect();
+        let keys: Vec<ConversationKey> = conversations.iter().map(|c| conversation_key(c)).collect();
         let mut scores: Vec<Option<f32>> = {
             let mut cache = self.cache.lock().expect("cache lock");
             keys.iter().map(|k| cache.get(k)).collect()
         };
         let miss_rows: Vec<usize> = (0..scores.len()).filter(|&i| scores[i].is_none()).collect();
+        self.counters.cache_hits.fetch_add(scores.len() - miss_rows.len(), Ordering::Relaxed);
         if !miss_rows.is_empty() {
-            let miss_keys: Vec<CacheKey> = miss_rows.iter().map(|&i| keys[i]).collect();
+            let miss_keys: Vec<ConversationKey> = miss_rows.iter().map(|&i| keys[i]).collect();
             let mut conversations: Vec<Option<Conversation<'_>>> = conversations.into_iter().map(Some).collect();
             let misses: Vec<Conversation<'static>> = miss_rows
                 .iter()
@@ -172,7 +148,11 @@ impl ScoringService {
         Ok(scores.into_iter().map(|s| s.expect("every row scored")).collect())
     }
 
-    fn run(&self, keys: Vec<CacheKey>, conversations: Vec<Conversation<'static>>) -> Result<Vec<f32>, ScorerError> {
+    fn run(
+        &self,
+        keys: Vec<ConversationKey>,
+        conversations: Vec<Conversation<'static>>,
+    ) -> Result<Vec<f32>, ScorerError> {
         let worker = self.worker().map_err(ScorerError::Engine)?;
         let (reply, rx) = channel();
         worker
@@ -189,74 +169,161 @@ impl ScoringService {
     }
 }
 
+/// Where a job's row gets its score: already known, or the k-th conversation to score.
+enum Slot {
+    Known(f32),
+    Todo(usize),
+}
+
 /// The batching worker: takes every job waiting, looks each row up in the cache again (another
 /// partition may have scored it meanwhile), scores the distinct remaining rows as one set (the
-/// scorer sorts by length and cuts device batches), and splits the scores back per job. Being
+/// scorer sorts by length and cuts device batches), and splits the results back per job. Being
 /// the only writer of new scores, it guarantees each distinct row runs through the model once.
+/// A row that cannot be scored fails only the jobs that asked for it.
 fn run_worker(scorer: Arc<dyn Scorer>, jobs: Receiver<Job>, counters: Arc<Counters>, cache: Arc<Mutex<ScoreCache>>) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while let Ok(more) = jobs.try_recv() {
             batch.push(more);
         }
-        // slot[job][row]: Ok(score) when known, Err(index) into `todo` when it must be scored.
         let mut todo: Vec<Conversation<'static>> = Vec::new();
-        let mut todo_keys: Vec<CacheKey> = Vec::new();
-        let mut owner: Vec<(usize, usize)> = Vec::new(); // (job, row) that first asked for each todo
-        let mut slots: Vec<Vec<Result<f32, usize>>> = Vec::with_capacity(batch.len());
+        let mut todo_keys: Vec<ConversationKey> = Vec::new();
+        let mut slots: Vec<Vec<Slot>> = Vec::with_capacity(batch.len());
+        let mut late_hits = 0;
         {
             let mut cache = cache.lock().expect("cache lock");
-            let mut pending: HashMap<CacheKey, usize> = HashMap::new();
-            for (j, job) in batch.iter_mut().enumerate() {
+            let mut pending: HashMap<ConversationKey, usize> = HashMap::new();
+            for job in batch.iter_mut() {
                 let convs = std::mem::take(&mut job.conversations);
                 let mut job_slots = Vec::with_capacity(convs.len());
-                for (r, (key, conv)) in job.keys.iter().zip(convs).enumerate() {
+                for (key, conv) in job.keys.iter().zip(convs) {
                     if let Some(score) = cache.get(key) {
-                        job_slots.push(Ok(score));
+                        late_hits += 1;
+                        job_slots.push(Slot::Known(score));
                     } else if let Some(&t) = pending.get(key) {
-                        job_slots.push(Err(t));
+                        late_hits += 1;
+                        job_slots.push(Slot::Todo(t));
                     } else {
                         pending.insert(*key, todo.len());
-                        job_slots.push(Err(todo.len()));
+                        job_slots.push(Slot::Todo(todo.len()));
                         todo.push(conv);
                         todo_keys.push(*key);
-                        owner.push((j, r));
                     }
                 }
                 slots.push(job_slots);
             }
         }
+        counters.cache_hits.fetch_add(late_hits, Ordering::Relaxed);
         let started = Instant::now();
-        let result = if todo.is_empty() { Ok(Scored::default()) } else { scorer.score(&todo) };
-        match result {
+        let result = if todo.is_empty() { Ok(Default::default()) } else { scorer.score(&todo) };
+        let scored = match result {
+            Ok(scored) if scored.rows.len() == todo.len() => scored,
             Ok(scored) => {
-                counters.add(&scored.stats, started.elapsed().as_micros() as usize);
-                {
-                    let mut cache = cache.lock().expect("cache lock");
-                    for (key, score) in todo_keys.iter().zip(&scored.scores) {
-                        cache.insert(*key, *score);
-                    }
-                }
-                for (job, job_slots) in batch.into_iter().zip(slots) {
-                    let scores = job_slots.into_iter().map(|s| s.unwrap_or_else(|t| scored.scores[t])).collect();
-                    let _ = job.reply.send(Ok(scores));
-                }
+                let e = format!("the scorer returned {} results for {} rows", scored.rows.len(), todo.len());
+                batch.into_iter().for_each(|job| drop(job.reply.send(Err(ScorerError::Engine(e.clone())))));
+                continue;
             }
             Err(e) => {
-                // Row numbers refer to the merged set; report them in each job's own terms.
-                for (j, job) in batch.into_iter().enumerate() {
-                    let err = match &e {
-                        ScorerError::Row { row, reason } if owner[*row].0 == j => {
-                            ScorerError::Row { row: owner[*row].1, reason: reason.clone() }
-                        }
-                        ScorerError::Row { reason, .. } => {
-                            ScorerError::Engine(format!("a row of another partition failed: {reason}"))
-                        }
-                        other => other.clone(),
-                    };
-                    let _ = job.reply.send(Err(err));
+                batch.into_iter().for_each(|job| drop(job.reply.send(Err(e.clone()))));
+                continue;
+            }
+        };
+        {
+            let mut stats = scored.stats;
+            stats.model_s = started.elapsed().as_secs_f64();
+            *counters.model.lock().expect("stats lock") += stats;
+            let mut cache = cache.lock().expect("cache lock");
+            for (key, row) in todo_keys.iter().zip(&scored.rows) {
+                if let Ok(r) = row {
+                    cache.insert(*key, r.score);
                 }
             }
         }
+        for (job, job_slots) in batch.into_iter().zip(slots) {
+            let reply = job_slots
+                .into_iter()
+                .enumerate()
+                .map(|(row, slot)| match slot {
+                    Slot::Known(score) => Ok(score),
+                    Slot::Todo(t) => match &scored.rows[t] {
+                        Ok(r) => Ok(r.score),
+                        Err(reason) => Err(ScorerError::Row { row, reason: reason.clone() }),
+                    },
+                })
+                .collect();
+            let _ = job.reply.send(reply);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::FakeScorer;
+
+    fn conv(text: &str) -> Conversation<'static> {
+        vec![ChatTurn::new("user", text.to_string()), ChatTurn::new("assistant", "a")]
+    }
+
+    #[test]
+    fn each_distinct_row_runs_once_and_repeats_come_from_the_cache() {
+        let fake = FakeScorer::new();
+        let service = ScoringService::new(fake.clone());
+        let scores = service.score(vec![conv("x"), conv("yy"), conv("x")]).unwrap();
+        assert_eq!(scores, [FakeScorer::score_of(&conv("x")), FakeScorer::score_of(&conv("yy")), scores[0]]);
+        assert_eq!(service.score(vec![conv("yy")]).unwrap(), [scores[1]]);
+        assert_eq!(fake.rows_scored(), 2);
+        let stats = service.stats();
+        assert_eq!((stats.rows, stats.cache_hits, stats.model.model_rows), (4, 2, 2));
+    }
+
+    #[test]
+    fn partitions_scoring_at_once_share_one_model_run_per_row() {
+        let fake = FakeScorer::new();
+        let service = ScoringService::new(fake.clone());
+        // Eight partitions at once, all with the same 50 rows in different orders.
+        let rows: Vec<String> = (0..50).map(|i| format!("row {i}")).collect();
+        std::thread::scope(|s| {
+            for p in 0..8 {
+                let (service, rows) = (&service, &rows);
+                s.spawn(move || {
+                    let mine: Vec<Conversation> = (0..50).map(|i| conv(&rows[(i * 7 + p) % 50])).collect();
+                    let expected: Vec<f32> = mine.iter().map(FakeScorer::score_of).collect();
+                    assert_eq!(service.score(mine).unwrap(), expected);
+                });
+            }
+        });
+        assert_eq!(fake.rows_scored(), 50, "each distinct row ran through the model once");
+        assert_eq!(service.stats().rows, 400);
+        assert_eq!(service.stats().cache_hits, 350);
+    }
+
+    #[test]
+    fn a_row_error_names_the_callers_row_and_spares_other_rows() {
+        let fake = FakeScorer::new();
+        let service = ScoringService::new(fake.clone());
+        service.score(vec![conv("cached")]).unwrap();
+        // The failing row is the third of this call, the second that reaches the model.
+        let err = service.score(vec![conv("cached"), conv("fine"), conv(FakeScorer::BAD), conv("also")]).unwrap_err();
+        assert_eq!(err, ScorerError::Row { row: 2, reason: FakeScorer::BAD_REASON.into() });
+        // Rows scored beside the failing one were kept.
+        let before = fake.rows_scored();
+        service.score(vec![conv("fine"), conv("also")]).unwrap();
+        assert_eq!(fake.rows_scored(), before);
+    }
+
+    #[test]
+    fn an_engine_failure_reaches_every_caller() {
+        let service = ScoringService::new(FakeScorer::failing());
+        assert!(matches!(service.score(vec![conv("x")]), Err(ScorerError::Engine(_))));
+        assert_eq!(service.score(vec![]).unwrap(), Vec::<f32>::new(), "nothing to score is not an error");
+    }
+
+    #[test]
+    fn a_loader_error_is_reported_and_nothing_loads() {
+        let service = ScoringService::lazy(Box::new(|| Err("no such model".into())), 10);
+        assert!(!service.is_loaded());
+        assert_eq!(service.score(vec![conv("x")]).unwrap_err(), ScorerError::Engine("no such model".into()));
+        assert!(!service.is_loaded());
     }
 }

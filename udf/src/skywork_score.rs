@@ -11,8 +11,9 @@ use datafusion::logical_expr::{
     TypeSignatureClass, Volatility,
 };
 
+use skyscore_core::{Conversation, ScoreRequest};
+
 use crate::args::{coerce_string_args, scores_to_columnar, StrArg};
-use crate::scorer::{Conversation, ScoreRequest};
 use crate::service::ScoringService;
 
 pub const NAME: &str = "skywork_score";
@@ -120,5 +121,81 @@ impl ScalarUDFImpl for SkyworkScore {
 
     fn documentation(&self) -> Option<&Documentation> {
         Some(&DOCUMENTATION)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringArray, StringViewArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Float32Type};
+    use datafusion::common::config::ConfigOptions;
+    use datafusion::common::ScalarValue;
+    use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl};
+
+    use super::*;
+    use crate::testing::FakeScorer;
+
+    fn invoke(udf: &SkyworkScore, args: Vec<ColumnarValue>, rows: usize) -> Result<ColumnarValue> {
+        let arg_fields = args.iter().map(|a| Arc::new(Field::new("a", a.data_type(), true))).collect();
+        udf.invoke_with_args(ScalarFunctionArgs {
+            args,
+            arg_fields,
+            number_rows: rows,
+            return_field: Arc::new(Field::new("s", DataType::Float32, true)),
+            config_options: Arc::new(ConfigOptions::default()),
+        })
+    }
+
+    fn expected(instruction: &str, input: Option<&str>, output: &str) -> f32 {
+        FakeScorer::score_of(&ScoreRequest::new(instruction, input, output).conversation())
+    }
+
+    #[test]
+    fn rows_score_by_the_model_card_prompt_and_nulls_stay_null() {
+        let udf = SkyworkScore::new(crate::ScoringService::new(FakeScorer::new()));
+        let instruction: ArrayRef = Arc::new(StringArray::from(vec![Some("Add"), Some("Add"), None, Some("Hi")]));
+        let input: ArrayRef = Arc::new(StringViewArray::from(vec![Some("1 and 2"), None, Some("x"), Some("")]));
+        let output: ArrayRef = Arc::new(StringArray::from(vec![Some("3"), Some("3"), Some("y"), Some("Hello")]));
+        let args = vec![ColumnarValue::Array(instruction), ColumnarValue::Array(input), ColumnarValue::Array(output)];
+        let ColumnarValue::Array(scores) = invoke(&udf, args, 4).unwrap() else { panic!("an array for array input") };
+        let scores = scores.as_primitive::<Float32Type>();
+        assert_eq!(scores.value(0), expected("Add", Some("1 and 2"), "3"));
+        assert_eq!(scores.value(1), expected("Add", None, "3"));
+        assert!(scores.is_null(2), "NULL instruction gives NULL");
+        assert_eq!(scores.value(3), expected("Hi", None, "Hello"), "empty input is no input");
+    }
+
+    #[test]
+    fn literals_give_a_scalar_and_two_arguments_mean_no_input() {
+        let udf = SkyworkScore::new(crate::ScoringService::new(FakeScorer::new()));
+        let lit = |s: &str| ColumnarValue::Scalar(ScalarValue::Utf8(Some(s.into())));
+        let out = invoke(&udf, vec![lit("Say hi."), lit("Hi!")], 1).unwrap();
+        let ColumnarValue::Scalar(ScalarValue::Float32(Some(s))) = out else { panic!("a scalar: {out:?}") };
+        assert_eq!(s, expected("Say hi.", None, "Hi!"));
+    }
+
+    #[test]
+    fn a_row_error_names_the_function_and_the_row() {
+        let udf = SkyworkScore::new(crate::ScoringService::new(FakeScorer::new()));
+        let col = |v: Vec<&str>| ColumnarValue::Array(Arc::new(StringArray::from(v)) as ArrayRef);
+        let args = vec![col(vec!["a", "b", "c"]), col(vec!["x", FakeScorer::BAD, "z"])];
+        let err = invoke(&udf, args, 3).unwrap_err().to_string();
+        assert!(err.contains("skywork_score: row 1: the chat template failed to render"), "{err}");
+    }
+
+    #[test]
+    fn argument_types_are_checked_at_planning_with_their_names() {
+        let udf = SkyworkScore::new(crate::ScoringService::new(FakeScorer::new()));
+        let utf8 = DataType::Utf8;
+        assert_eq!(
+            udf.coerce_types(&[utf8.clone(), DataType::Null, DataType::Utf8View]).unwrap(),
+            [DataType::Utf8, DataType::Utf8, DataType::Utf8View]
+        );
+        let err = udf.coerce_types(&[utf8.clone(), DataType::Int64, utf8.clone()]).unwrap_err().to_string();
+        assert!(err.contains("argument `input` must be a string, got Int64"), "{err}");
+        let err = udf.coerce_types(&[utf8]).unwrap_err().to_string();
+        assert!(err.contains("got 1 arguments"), "{err}");
     }
 }

@@ -13,8 +13,9 @@ use datafusion::logical_expr::{
     TypeSignatureClass, Volatility,
 };
 
+use skyscore_core::{ChatTurn, Conversation};
+
 use crate::args::{scores_to_columnar, StrArg};
-use crate::scorer::{ChatTurn, Conversation};
 use crate::service::ScoringService;
 use crate::skywork_score::DOC_SECTION;
 
@@ -133,12 +134,6 @@ impl ScalarUDFImpl for SkyworkScoreChat {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct JsonTurn {
-    role: String,
-    content: String,
-}
-
 /// One conversation per row (None for NULL rows).
 fn parse_messages(array: &ArrayRef) -> Result<Vec<Option<Conversation<'static>>>> {
     let n = array.len();
@@ -150,13 +145,11 @@ fn parse_messages(array: &ArrayRef) -> Result<Vec<Option<Conversation<'static>>>
                     strings
                         .get(i)
                         .map(|json| {
-                            serde_json::from_str::<Vec<JsonTurn>>(json)
-                                .map(|turns| turns.into_iter().map(|t| ChatTurn::new(t.role, t.content)).collect())
-                                .map_err(|e| {
-                                    exec_datafusion_err!(
-                                        "{NAME}: row {i}: messages is not a JSON list of {{role, content}}: {e}"
-                                    )
-                                })
+                            serde_json::from_str::<Conversation<'static>>(json).map_err(|e| {
+                                exec_datafusion_err!(
+                                    "{NAME}: row {i}: messages is not a JSON list of {{role, content}}: {e}"
+                                )
+                            })
                         })
                         .transpose()
                 })
@@ -190,4 +183,76 @@ fn list_rows(n: usize, row: impl Fn(usize) -> Option<ArrayRef>) -> Result<Vec<Op
             Ok(Some(conv))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{ArrayRef, AsArray, ListArray, StringArray, StructArray};
+    use datafusion::arrow::buffer::OffsetBuffer;
+    use datafusion::arrow::datatypes::{Field, Fields, Float32Type};
+    use datafusion::common::config::ConfigOptions;
+    use datafusion::logical_expr::ScalarFunctionArgs;
+
+    use super::*;
+    use crate::testing::FakeScorer;
+
+    fn invoke(udf: &SkyworkScoreChat, arg: ArrayRef) -> Result<ColumnarValue> {
+        let rows = arg.len();
+        udf.invoke_with_args(ScalarFunctionArgs {
+            arg_fields: vec![Arc::new(Field::new("m", arg.data_type().clone(), true))],
+            args: vec![ColumnarValue::Array(arg)],
+            number_rows: rows,
+            return_field: Arc::new(Field::new("s", DataType::Float32, true)),
+            config_options: Arc::new(ConfigOptions::default()),
+        })
+    }
+
+    fn scores(out: ColumnarValue) -> Vec<Option<f32>> {
+        let ColumnarValue::Array(a) = out else { panic!("an array") };
+        a.as_primitive::<Float32Type>().iter().collect()
+    }
+
+    #[test]
+    fn json_and_list_messages_score_alike() {
+        let udf = SkyworkScoreChat::new(crate::ScoringService::new(FakeScorer::new()));
+        let conv = vec![ChatTurn::new("user", "hi"), ChatTurn::new("assistant", "hello")];
+        let json: ArrayRef = Arc::new(StringArray::from(vec![
+            Some(r#"[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]"#),
+            None,
+        ]));
+        assert_eq!(scores(invoke(&udf, json).unwrap()), [Some(FakeScorer::score_of(&conv)), None]);
+
+        let fields =
+            Fields::from(vec![Field::new("role", DataType::Utf8, true), Field::new("content", DataType::Utf8, true)]);
+        let turns = StructArray::new(
+            fields.clone(),
+            vec![
+                Arc::new(StringArray::from(vec!["user", "assistant"])) as ArrayRef,
+                Arc::new(StringArray::from(vec!["hi", "hello"])) as ArrayRef,
+            ],
+            None,
+        );
+        let item = Arc::new(Field::new("item", DataType::Struct(fields), true));
+        let list: ArrayRef = Arc::new(ListArray::new(item, OffsetBuffer::from_lengths([2]), Arc::new(turns), None));
+        assert!(udf.coerce_types(&[list.data_type().clone()]).is_ok());
+        assert_eq!(scores(invoke(&udf, list).unwrap()), [Some(FakeScorer::score_of(&conv))]);
+    }
+
+    #[test]
+    fn malformed_json_names_the_row() {
+        let udf = SkyworkScoreChat::new(crate::ScoringService::new(FakeScorer::new()));
+        let json: ArrayRef =
+            Arc::new(StringArray::from(vec![r#"[{"role": "user", "content": "hi"}]"#, "[{\"role\": 1}]"]));
+        let err = invoke(&udf, json).unwrap_err().to_string();
+        assert!(err.contains("skywork_score_chat: row 1: messages is not a JSON list of {role, content}"), "{err}");
+    }
+
+    #[test]
+    fn non_message_types_are_refused_at_planning() {
+        let udf = SkyworkScoreChat::new(crate::ScoringService::new(FakeScorer::new()));
+        let err = udf.coerce_types(&[DataType::Int64]).unwrap_err().to_string();
+        assert!(err.contains("`messages` must be list<struct<role: string, content: string>>"), "{err}");
+    }
 }

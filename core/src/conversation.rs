@@ -1,9 +1,12 @@
-//! The contract between SQL and the model engine.
+//! Conversations as the reward model scores them.
 
 use std::borrow::Cow;
 
-/// One turn of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::Xxh3Default;
+
+/// One turn of a conversation. Chat templates see it as `{"role": ..., "content": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ChatTurn<'a> {
     pub role: Cow<'a, str>,
     pub content: Cow<'a, str>,
@@ -16,6 +19,11 @@ impl<'a> ChatTurn<'a> {
 
     pub fn into_owned(self) -> ChatTurn<'static> {
         ChatTurn { role: Cow::Owned(self.role.into_owned()), content: Cow::Owned(self.content.into_owned()) }
+    }
+
+    /// A view of this turn that borrows its strings (no copy, whatever this one owns).
+    pub fn borrowed(&self) -> ChatTurn<'_> {
+        ChatTurn { role: Cow::Borrowed(&self.role), content: Cow::Borrowed(&self.content) }
     }
 }
 
@@ -50,59 +58,21 @@ impl<'a> ScoreRequest<'a> {
     }
 }
 
-/// Counters of one scoring call.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ScoreStats {
-    /// Conversations the model ran.
-    pub rows: usize,
-    /// Tokens fed to the model, padding excluded.
-    pub tokens: usize,
-    /// Tokens the model computed, padding included.
-    pub padded_tokens: usize,
-    pub truncated_rows: usize,
-    pub batches: usize,
-}
+/// A 128-bit content hash of a conversation: within one model (see [`crate::Scorer::fingerprint`])
+/// a score depends on nothing else, so it keys score caches and stores.
+pub type ConversationKey = u128;
 
-impl std::ops::AddAssign for ScoreStats {
-    fn add_assign(&mut self, o: Self) {
-        self.rows += o.rows;
-        self.tokens += o.tokens;
-        self.padded_tokens += o.padded_tokens;
-        self.truncated_rows += o.truncated_rows;
-        self.batches += o.batches;
+/// xxh3-128 of the turns; lengths are hashed too, so turn boundaries cannot shift.
+pub fn conversation_key(turns: &[ChatTurn<'_>]) -> ConversationKey {
+    let mut h = Xxh3Default::new();
+    h.update(&(turns.len() as u64).to_le_bytes());
+    for t in turns {
+        h.update(&(t.role.len() as u64).to_le_bytes());
+        h.update(t.role.as_bytes());
+        h.update(&(t.content.len() as u64).to_le_bytes());
+        h.update(t.content.as_bytes());
     }
-}
-
-/// Scores in input order plus what it took to compute them.
-#[derive(Debug, Clone, Default)]
-pub struct Scored {
-    pub scores: Vec<f32>,
-    pub stats: ScoreStats,
-}
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ScorerError {
-    /// One conversation cannot be scored (its prompt fails to render, for example).
-    #[error("row {row}: {reason}")]
-    Row { row: usize, reason: String },
-    /// The model or device failed; nothing was scored.
-    #[error("scoring failed: {0}")]
-    Engine(String),
-}
-
-/// Something that turns conversations into reward scores. Implementations own their device
-/// batching; scores come back in the order of `conversations`, each independent of the others.
-pub trait Scorer: Send + Sync {
-    fn score(&self, conversations: &[Conversation<'_>]) -> Result<Scored, ScorerError>;
-
-    /// Names everything a score depends on (model, revision, template, max_length, truncation
-    /// side): two scorers with the same fingerprint give the same scores.
-    fn fingerprint(&self) -> String;
-
-    /// Key-value facts worth recording next to scores (written into Parquet metadata).
-    fn metadata(&self) -> Vec<(String, String)> {
-        vec![("skyscore.fingerprint".into(), self.fingerprint())]
-    }
+    h.digest128()
 }
 
 #[cfg(test)]
@@ -121,5 +91,21 @@ mod tests {
     fn conversation_is_user_then_assistant() {
         let conv = ScoreRequest::new("Q", Some("ctx"), "A").conversation();
         assert_eq!(conv, vec![ChatTurn::new("user", "Q\nctx"), ChatTurn::new("assistant", "A")]);
+    }
+
+    #[test]
+    fn keys_separate_turn_boundaries() {
+        let a = [ChatTurn::new("user", "ab"), ChatTurn::new("assistant", "c")];
+        let b = [ChatTurn::new("user", "a"), ChatTurn::new("assistant", "bc")];
+        assert_ne!(conversation_key(&a), conversation_key(&b));
+        let owned: Vec<ChatTurn<'static>> = a.iter().cloned().map(ChatTurn::into_owned).collect();
+        assert_eq!(conversation_key(&a), conversation_key(&owned), "owned and borrowed turns hash alike");
+    }
+
+    #[test]
+    fn turns_read_and_write_as_role_content_objects() {
+        let turns: Vec<ChatTurn> = serde_json::from_str(r#"[{"role": "user", "content": "hi"}]"#).unwrap();
+        assert_eq!(turns, vec![ChatTurn::new("user", "hi")]);
+        assert_eq!(serde_json::to_string(&turns[0].borrowed()).unwrap(), r#"{"role":"user","content":"hi"}"#);
     }
 }
