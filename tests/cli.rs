@@ -78,6 +78,7 @@ fn scores_sample_parquet_to_jsonl_in_input_order() {
     }
     assert_eq!(stats["rows"], 320);
     assert_eq!(stats["model_rows"], 320);
+    assert_eq!((stats["dtype"].as_str(), stats["device"].as_str()), (Some("f32"), Some("cpu")), "{stats}");
     assert_eq!(stats["truncated_rows"], 0);
     let tokens = stats["tokens"].as_u64().unwrap();
     assert!(stats["padded_tokens"].as_u64().unwrap() >= tokens);

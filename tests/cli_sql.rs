@@ -58,6 +58,8 @@ fn threshold_query_runs_the_model_once_per_row() {
         assert!(s.get(key).is_some(), "{key}");
     }
     assert!(stderr(&run).contains("320 scored by the model"), "{}", stderr(&run));
+    // The same run description as `skyscore score` writes (it used to be "" here).
+    assert_eq!((s["dtype"].as_str(), s["device"].as_str()), (Some("f32"), Some("cpu")), "{s}");
 }
 
 #[test]
