@@ -17,6 +17,7 @@ pub mod engine;
 pub mod hub;
 pub mod io;
 pub mod models;
+pub mod plot;
 pub mod session;
 pub mod tables;
 pub mod template;

@@ -5,11 +5,14 @@
 //! - [`conversation`]: chat turns, the Alpaca row's conversation, and its content hash.
 //! - [`scorer`]: the [`Scorer`] trait and its per-row results.
 //! - [`stats`]: [`ScoreStats`], the one set of run figures every report embeds.
+//! - [`distribution`]: the distribution of a run's scores (quantiles, histogram), streaming.
 
 pub mod conversation;
+pub mod distribution;
 pub mod scorer;
 pub mod stats;
 
 pub use conversation::{conversation_key, ChatTurn, Conversation, ConversationKey, ScoreRequest};
+pub use distribution::{DistributionSummary, ScoreDistribution};
 pub use scorer::{RowResult, RowScore, Scored, Scorer, ScorerError};
 pub use stats::ScoreStats;

@@ -1,9 +1,11 @@
 //! The `skyscore` command line.
 
+mod distribution;
 pub mod engine_args;
 mod progress;
 pub mod score;
 pub mod sql;
+pub mod stats;
 pub mod summary;
 
 use std::process::ExitCode;
@@ -33,6 +35,9 @@ pub enum Command {
     /// Run SQL over Parquet/CSV/JSON tables with skywork_score(instruction, [input,] output)
     /// and skywork_score_chat(messages); without a query, an interactive shell.
     Sql(sql::SqlArgs),
+    /// The score distribution of a scored file (quantiles, histogram, --plot), and how many
+    /// rows a threshold (--keep-above X) or a share (--keep-top P%) keeps.
+    Stats(stats::StatsArgs),
 }
 
 fn init_tracing(verbose: u8) {
@@ -52,6 +57,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Score(args) => score::run(args),
         Command::Sql(args) => sql::run(args),
+        Command::Stats(args) => stats::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,13 +11,15 @@ use clap::Args;
 use datafusion::arrow::array::{ArrayRef, BooleanArray, Float32Array, UInt32Array, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use skyscore_core::{Conversation, RowScore, ScoreRequest, Scored};
+use skyscore_core::{Conversation, RowScore, ScoreDistribution, ScoreRequest, Scored};
 
+use super::distribution::{render, DETAILED_BINS, TERMINAL_BINS};
 use super::engine_args::EngineArgs;
 use super::progress::Progress;
 use super::summary::RunSummary;
 use crate::engine::{ConversationChunk, Engine};
-use crate::io::{open_input, ColumnNames, OutputWriter, SftColumns};
+use crate::io::{check_writable, open_input, ColumnNames, OutputWriter, SftColumns};
+use crate::plot::{check_plot_path, write_histogram};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -54,9 +56,12 @@ pub struct ScoreArgs {
     /// instead of failing.
     #[arg(long)]
     pub skip_invalid: bool,
-    /// Write the end-of-run figures as JSON.
+    /// Write the end-of-run figures as JSON (the score distribution included).
     #[arg(long)]
     pub stats_json: Option<PathBuf>,
+    /// Draw the histogram of the scores, quantiles marked, to FILE.svg or FILE.png.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -65,6 +70,13 @@ pub struct ScoreArgs {
 pub fn run(args: ScoreArgs) -> Result<()> {
     let started = Instant::now();
     let resolved = args.engine.resolve()?;
+    // Files written at the end are checked now, not after hours of scoring.
+    if let Some(path) = &args.stats_json {
+        check_writable(path)?;
+    }
+    if let Some(path) = &args.plot {
+        check_plot_path(path)?;
+    }
     let names = ColumnNames {
         instruction: args.instruction_column.clone(),
         input: args.input_column.clone(),
@@ -82,6 +94,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     summary.load_s = Some(started.elapsed().as_secs_f64());
     let mut writer = OutputWriter::create(&args.output, out_schema.clone(), engine.metadata())?;
     let progress = Progress::new(input.num_rows, !args.no_progress);
+    let mut distribution = ScoreDistribution::new();
 
     let (mut first_row, names) = (0, &names);
     let windows = input.batches.map(move |batch| {
@@ -93,6 +106,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     let result = engine
         .score_chunks(windows, &on_batch, |window, scored| {
             let rows = apply_row_policy(&window, id_column.as_deref(), scored, args.skip_invalid, &mut summary)?;
+            rows.iter().flatten().for_each(|r| distribution.add(r.score as f64));
             progress.advance(rows.iter().filter(|r| r.is_none()).count(), 0);
             let out = build_output(&out_schema, &window, id_column.as_deref(), &rows, args.keep_columns)?;
             writer.write(&out)
@@ -106,7 +120,14 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     writer.finish()?;
 
     summary.finish(started.elapsed().as_secs_f64());
+    summary.distribution = distribution.summary(DETAILED_BINS);
     eprintln!("{}", summary.line());
+    if let Some(s) = distribution.summary(TERMINAL_BINS) {
+        eprint!("{}", render("scores", &s));
+    }
+    if let (Some(path), Some(s)) = (&args.plot, &summary.distribution) {
+        write_histogram(path, s, &format!("{} · {} rows scored", resolved.model, s.count))?;
+    }
     if let Some(path) = &args.stats_json {
         summary.write_json(path)?;
     }

@@ -18,9 +18,12 @@ use datafusion_cli::print_options::{MaxRows, PrintOptions};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use skyscore_udf::{plan_calls_model, Scorer, ScoringService};
 
+use super::distribution::{render, DETAILED_BINS, TERMINAL_BINS};
 use super::engine_args::EngineArgs;
 use super::summary::RunSummary;
 use crate::engine::Engine;
+use crate::io::check_writable;
+use crate::plot::{check_plot_path, write_histogram};
 use crate::session::{new_session, register_table, set_parquet_metadata};
 use crate::tables::TableFormat;
 
@@ -62,9 +65,14 @@ pub struct SqlArgs {
     /// Bound of the score cache, in distinct rows (about 130 bytes each).
     #[arg(long, default_value_t = skyscore_udf::service::DEFAULT_CACHE_ENTRIES)]
     pub cache_entries: usize,
-    /// Write the end-of-run figures as JSON.
+    /// Write the end-of-run figures as JSON (the score distribution of each scoring function
+    /// included).
     #[arg(long)]
     pub stats_json: Option<PathBuf>,
+    /// Draw the histogram of the scores, quantiles marked, to FILE.svg or FILE.png (with
+    /// several scoring functions, one file each: FILE-skywork_score_chat.svg, ...).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
     /// No progress display.
     #[arg(long)]
     pub no_progress: bool,
@@ -73,6 +81,12 @@ pub struct SqlArgs {
 pub fn run(args: SqlArgs) -> Result<()> {
     let started = Instant::now();
     let resolved = args.engine.resolve()?;
+    if let Some(path) = &args.stats_json {
+        check_writable(path)?;
+    }
+    if let Some(path) = &args.plot {
+        check_plot_path(path)?;
+    }
     let (model, options) = (resolved.model.clone(), resolved.options.clone());
     let service = ScoringService::lazy(
         Box::new(move || {
@@ -90,13 +104,41 @@ pub fn run(args: SqlArgs) -> Result<()> {
     summary.cache_hits = stats.cache_hits;
     summary.stats = stats.model;
     summary.finish(started.elapsed().as_secs_f64());
+    let distributions = service.distributions();
+    for (function, d) in &distributions {
+        if let Some(s) = d.summary(DETAILED_BINS) {
+            summary.score_by_function.insert(function.clone(), s);
+        }
+    }
+    if let [(_, only)] = summary.score_by_function.iter().collect::<Vec<_>>().as_slice() {
+        summary.distribution = Some((*only).clone());
+    }
     if service.is_loaded() {
         eprintln!("{}", summary.sql_line());
+        for (function, d) in &distributions {
+            if let Some(s) = d.summary(TERMINAL_BINS) {
+                eprint!("{}", render(function, &s));
+            }
+        }
+    }
+    if let Some(path) = &args.plot {
+        let several = summary.score_by_function.len() > 1;
+        for (function, s) in &summary.score_by_function {
+            let file = if several { suffixed(path, function) } else { path.clone() };
+            write_histogram(&file, s, &format!("{} · {function} · {} rows scored", resolved.model, s.count))?;
+        }
     }
     if let Some(path) = &args.stats_json {
         summary.write_json(path)?;
     }
     result
+}
+
+/// `scores.svg` + `skywork_score_chat` → `scores-skywork_score_chat.svg`.
+fn suffixed(path: &std::path::Path, suffix: &str) -> PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    path.with_file_name(format!("{stem}-{suffix}{ext}"))
 }
 
 async fn run_session(args: &SqlArgs, service: &Arc<ScoringService>) -> Result<()> {

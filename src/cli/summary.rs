@@ -1,11 +1,12 @@
 //! The end-of-run summary: one line on stderr, and the same figures as JSON for
 //! `--stats-json`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use skyscore_core::ScoreStats;
+use skyscore_core::{DistributionSummary, ScoreStats};
 
 use crate::engine::EngineOptions;
 
@@ -30,6 +31,13 @@ pub struct RunSummary {
     pub dtype: String,
     pub max_length: usize,
     pub batch_size: usize,
+    /// The scores: score_count, score_mean, score_min, score_max, score_quantiles
+    /// {"p1": ...}, score_histogram {edges, counts} (`skyscore sql`: when one function scored).
+    #[serde(flatten)]
+    pub distribution: Option<DistributionSummary>,
+    /// `skyscore sql`: the same per scoring function.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub score_by_function: BTreeMap<String, DistributionSummary>,
 }
 
 impl RunSummary {

@@ -7,4 +7,4 @@ pub mod output;
 
 pub use columns::{ColumnNames, SftColumns};
 pub use input::{open_input, InputTable};
-pub use output::{OutputFormat, OutputWriter};
+pub use output::{check_writable, OutputFormat, OutputWriter};

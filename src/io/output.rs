@@ -109,3 +109,22 @@ impl OutputWriter {
         let _ = std::fs::remove_file(&self.partial);
     }
 }
+
+/// Fails now, with the path in the message, when `path` could not be written at the end of a
+/// run (its folder is missing or read-only): a long job must not discover that after its work.
+pub fn check_writable(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        bail!("{}: the folder {} does not exist", path.display(), dir.display());
+    }
+    if path.is_dir() {
+        bail!("{}: is a folder", path.display());
+    }
+    let probe = dir.join(format!(".skyscore-write-check-{}", std::process::id()));
+    File::create(&probe).with_context(|| format!("{}: cannot write in {}", path.display(), dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}

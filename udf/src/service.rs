@@ -7,13 +7,15 @@
 //! The model itself uses the machine's cores through its own thread pool, and tokio workers
 //! wait instead of competing with it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use skyscore_core::{conversation_key, ChatTurn, Conversation, ConversationKey, ScoreStats, Scorer, ScorerError};
+use skyscore_core::{
+    conversation_key, ChatTurn, Conversation, ConversationKey, ScoreDistribution, ScoreStats, Scorer, ScorerError,
+};
 
 use crate::cache::ScoreCache;
 
@@ -32,6 +34,8 @@ pub struct ServiceStats {
 }
 
 struct Job {
+    /// The UDF that asked (its scores join that function's distribution).
+    function: &'static str,
     keys: Vec<ConversationKey>,
     conversations: Vec<Conversation<'static>>,
     reply: Sender<Result<Vec<f32>, ScorerError>>,
@@ -47,6 +51,8 @@ struct Counters {
     rows: AtomicUsize,
     cache_hits: AtomicUsize,
     model: Mutex<ScoreStats>,
+    /// Per function, the scores of the distinct rows the model scored for it.
+    distributions: Mutex<BTreeMap<&'static str, ScoreDistribution>>,
 }
 
 pub struct ScoringService {
@@ -116,10 +122,17 @@ impl ScoringService {
         }
     }
 
-    /// Scores conversations, from the cache where possible; scores come back in order. A row
-    /// the scorer cannot score fails the call with [`ScorerError::Row`] naming it.
-    /// Cache hits are answered here without copying anything; misses go to the worker.
-    pub fn score(&self, conversations: Vec<Conversation<'_>>) -> Result<Vec<f32>, ScorerError> {
+    /// Per function (`skywork_score`, ...), the distribution of the scores of the distinct rows
+    /// the model scored for it in this session (repeated evaluations and duplicates count once).
+    pub fn distributions(&self) -> BTreeMap<String, ScoreDistribution> {
+        let distributions = self.counters.distributions.lock().expect("stats lock");
+        distributions.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    }
+
+    /// Scores conversations for `function`, from the cache where possible; scores come back
+    /// in order. A row the scorer cannot score fails the call with [`ScorerError::Row`] naming
+    /// it. Cache hits are answered here without copying anything; misses go to the worker.
+    pub fn score(&self, function: &'static str, conversations: Vec<Conversation<'_>>) -> Result<Vec<f32>, ScorerError> {
         self.counters.rows.fetch_add(conversations.len(), Ordering::Relaxed);
         let keys: Vec<ConversationKey> = conversations.iter().map(|c| conversation_key(c)).collect();
         let mut scores: Vec<Option<f32>> = {
@@ -137,7 +150,7 @@ impl ScoringService {
                     conversations[i].take().expect("each row once").into_iter().map(ChatTurn::into_owned).collect()
                 })
                 .collect();
-            let computed = self.run(miss_keys, misses).map_err(|e| match e {
+            let computed = self.run(function, miss_keys, misses).map_err(|e| match e {
                 ScorerError::Row { row, reason } => ScorerError::Row { row: miss_rows[row], reason },
                 other => other,
             })?;
@@ -150,6 +163,7 @@ impl ScoringService {
 
     fn run(
         &self,
+        function: &'static str,
         keys: Vec<ConversationKey>,
         conversations: Vec<Conversation<'static>>,
     ) -> Result<Vec<f32>, ScorerError> {
@@ -157,7 +171,7 @@ impl ScoringService {
         let (reply, rx) = channel();
         worker
             .jobs
-            .send(Job { keys, conversations, reply })
+            .send(Job { function, keys, conversations, reply })
             .map_err(|_| ScorerError::Engine("the scoring worker has stopped".into()))?;
         let wait = || rx.recv().unwrap_or_else(|_| Err(ScorerError::Engine("the scoring worker has stopped".into())));
         match tokio::runtime::Handle::try_current() {
@@ -188,6 +202,7 @@ fn run_worker(scorer: Arc<dyn Scorer>, jobs: Receiver<Job>, counters: Arc<Counte
         }
         let mut todo: Vec<Conversation<'static>> = Vec::new();
         let mut todo_keys: Vec<ConversationKey> = Vec::new();
+        let mut todo_functions: Vec<&'static str> = Vec::new();
         let mut slots: Vec<Vec<Slot>> = Vec::with_capacity(batch.len());
         let mut late_hits = 0;
         {
@@ -208,6 +223,7 @@ fn run_worker(scorer: Arc<dyn Scorer>, jobs: Receiver<Job>, counters: Arc<Counte
                         job_slots.push(Slot::Todo(todo.len()));
                         todo.push(conv);
                         todo_keys.push(*key);
+                        todo_functions.push(job.function);
                     }
                 }
                 slots.push(job_slots);
@@ -232,10 +248,12 @@ fn run_worker(scorer: Arc<dyn Scorer>, jobs: Receiver<Job>, counters: Arc<Counte
             let mut stats = scored.stats;
             stats.model_s = started.elapsed().as_secs_f64();
             *counters.model.lock().expect("stats lock") += stats;
+            let mut distributions = counters.distributions.lock().expect("stats lock");
             let mut cache = cache.lock().expect("cache lock");
-            for (key, row) in todo_keys.iter().zip(&scored.rows) {
+            for ((key, function), row) in todo_keys.iter().zip(&todo_functions).zip(&scored.rows) {
                 if let Ok(r) = row {
                     cache.insert(*key, r.score);
+                    distributions.entry(function).or_default().add(r.score as f64);
                 }
             }
         }
@@ -269,12 +287,24 @@ mod tests {
     fn each_distinct_row_runs_once_and_repeats_come_from_the_cache() {
         let fake = FakeScorer::new();
         let service = ScoringService::new(fake.clone());
-        let scores = service.score(vec![conv("x"), conv("yy"), conv("x")]).unwrap();
+        let scores = service.score("f", vec![conv("x"), conv("yy"), conv("x")]).unwrap();
         assert_eq!(scores, [FakeScorer::score_of(&conv("x")), FakeScorer::score_of(&conv("yy")), scores[0]]);
-        assert_eq!(service.score(vec![conv("yy")]).unwrap(), [scores[1]]);
+        assert_eq!(service.score("f", vec![conv("yy")]).unwrap(), [scores[1]]);
         assert_eq!(fake.rows_scored(), 2);
         let stats = service.stats();
         assert_eq!((stats.rows, stats.cache_hits, stats.model.model_rows), (4, 2, 2));
+    }
+
+    #[test]
+    fn each_function_has_the_distribution_of_its_distinct_rows() {
+        let service = ScoringService::new(FakeScorer::new());
+        service.score("a", vec![conv("x"), conv("x"), conv("yy")]).unwrap();
+        service.score("b", vec![conv("zzz"), conv("x")]).unwrap(); // x: already scored for "a"
+        let d = service.distributions();
+        assert_eq!(d.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!((d["a"].count(), d["b"].count()), (2, 1));
+        let b = d["b"].summary(4).unwrap();
+        assert_eq!(b.min, FakeScorer::score_of(&conv("zzz")) as f64);
     }
 
     #[test]
@@ -289,7 +319,7 @@ mod tests {
                 s.spawn(move || {
                     let mine: Vec<Conversation> = (0..50).map(|i| conv(&rows[(i * 7 + p) % 50])).collect();
                     let expected: Vec<f32> = mine.iter().map(FakeScorer::score_of).collect();
-                    assert_eq!(service.score(mine).unwrap(), expected);
+                    assert_eq!(service.score("f", mine).unwrap(), expected);
                 });
             }
         });
@@ -302,28 +332,29 @@ mod tests {
     fn a_row_error_names_the_callers_row_and_spares_other_rows() {
         let fake = FakeScorer::new();
         let service = ScoringService::new(fake.clone());
-        service.score(vec![conv("cached")]).unwrap();
+        service.score("f", vec![conv("cached")]).unwrap();
         // The failing row is the third of this call, the second that reaches the model.
-        let err = service.score(vec![conv("cached"), conv("fine"), conv(FakeScorer::BAD), conv("also")]).unwrap_err();
+        let err =
+            service.score("f", vec![conv("cached"), conv("fine"), conv(FakeScorer::BAD), conv("also")]).unwrap_err();
         assert_eq!(err, ScorerError::Row { row: 2, reason: FakeScorer::BAD_REASON.into() });
         // Rows scored beside the failing one were kept.
         let before = fake.rows_scored();
-        service.score(vec![conv("fine"), conv("also")]).unwrap();
+        service.score("f", vec![conv("fine"), conv("also")]).unwrap();
         assert_eq!(fake.rows_scored(), before);
     }
 
     #[test]
     fn an_engine_failure_reaches_every_caller() {
         let service = ScoringService::new(FakeScorer::failing());
-        assert!(matches!(service.score(vec![conv("x")]), Err(ScorerError::Engine(_))));
-        assert_eq!(service.score(vec![]).unwrap(), Vec::<f32>::new(), "nothing to score is not an error");
+        assert!(matches!(service.score("f", vec![conv("x")]), Err(ScorerError::Engine(_))));
+        assert_eq!(service.score("f", vec![]).unwrap(), Vec::<f32>::new(), "nothing to score is not an error");
     }
 
     #[test]
     fn a_loader_error_is_reported_and_nothing_loads() {
         let service = ScoringService::lazy(Box::new(|| Err("no such model".into())), 10);
         assert!(!service.is_loaded());
-        assert_eq!(service.score(vec![conv("x")]).unwrap_err(), ScorerError::Engine("no such model".into()));
+        assert_eq!(service.score("f", vec![conv("x")]).unwrap_err(), ScorerError::Engine("no such model".into()));
         assert!(!service.is_loaded());
     }
 }

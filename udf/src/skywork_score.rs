@@ -115,7 +115,7 @@ impl ScalarUDFImpl for SkyworkScore {
                 conversations.push(ScoreRequest::new(ins, input.get(i), out).conversation());
             }
         }
-        let scores = self.service.score(conversations).map_err(|e| exec_datafusion_err!("{NAME}: {e}"))?;
+        let scores = self.service.score(NAME, conversations).map_err(|e| exec_datafusion_err!("{NAME}: {e}"))?;
         Ok(scores_to_columnar(n, &rows, scores, all_scalar))
     }
 

@@ -125,7 +125,7 @@ impl ScalarUDFImpl for SkyworkScoreChat {
                 conversations.push(conv);
             }
         }
-        let scores = self.service.score(conversations).map_err(|e| exec_datafusion_err!("{NAME}: {e}"))?;
+        let scores = self.service.score(NAME, conversations).map_err(|e| exec_datafusion_err!("{NAME}: {e}"))?;
         Ok(scores_to_columnar(n, &rows, scores, scalar))
     }
 
