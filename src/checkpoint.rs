@@ -39,6 +39,11 @@ pub struct Checkpoint {
     tokenizer_config: Json,
     pub chat_template: Option<String>,
     pub weights: Vec<PathBuf>,
+    /// SHA-256 over the files a score depends on: config.json, tokenizer.json,
+    /// tokenizer_config.json, the chat template, and the weights (the hub commit, or each weight
+    /// file's name, size and modification time: hashing gigabytes at every start would cost
+    /// more than the rows it saves). Names the model in the score store.
+    pub files_sha256: String,
 }
 
 fn read_json(path: &Path) -> Result<Json, CheckpointError> {
@@ -80,9 +85,17 @@ impl Checkpoint {
         };
 
         let config_pad_token_id = config.get("pad_token_id").and_then(Json::as_u64).map(|v| v as u32);
+        let revision = files.cached_commit();
+        let files_sha256 = files_digest(
+            &[&config_path, &tokenizer_path, &tokenizer_config_path],
+            chat_template.as_deref(),
+            revision.as_deref(),
+            &weights,
+        )?;
         Ok(Self {
             model_id: model_id.to_string(),
-            revision: files.cached_commit(),
+            revision,
+            files_sha256,
             arch,
             config_pad_token_id,
             tokenizer_path,
@@ -103,6 +116,36 @@ impl Checkpoint {
         }
         out
     }
+}
+
+fn files_digest(
+    small_files: &[&Path],
+    chat_template: Option<&str>,
+    revision: Option<&str>,
+    weights: &[PathBuf],
+) -> Result<String, CheckpointError> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let read = |p: &Path| std::fs::read(p).map_err(|source| CheckpointError::Read { path: p.into(), source });
+    for path in small_files {
+        let bytes = read(path)?;
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+    }
+    h.update(chat_template.unwrap_or_default().as_bytes());
+    match revision {
+        Some(commit) => h.update(commit.as_bytes()),
+        None => {
+            for w in weights {
+                let meta = std::fs::metadata(w).map_err(|source| CheckpointError::Read { path: w.clone(), source })?;
+                let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                h.update(w.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+                h.update(meta.len().to_le_bytes());
+                h.update(mtime.map_or(0, |d| d.as_nanos()).to_le_bytes());
+            }
+        }
+    }
+    Ok(hex::encode(h.finalize()))
 }
 
 fn token_content(v: &Json) -> Option<String> {

@@ -4,18 +4,28 @@
 //! into length-sorted, token-budgeted batches. With several devices each replica pulls the next
 //! batch when it is free, so faster or less loaded devices take more batches.
 //!
+//! Before tokenizing, a chunk's rows are deduplicated and looked up in the persistent score store
+//! ([`crate::store`]); only conversations never scored with this model reach the device, and each
+//! device batch's scores are committed to the store as soon as it finishes.
+//!
 //! Front ends adapt to [`Engine::score_chunks`]: `skyscore score` with windows of its input
 //! table, the SQL service through [`Scorer`] with the rows of one merged request.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use candle_nn::VarBuilder;
 use rayon::prelude::*;
-use skyscore_core::{ChatTurn, Conversation, RowResult, RowScore, ScoreStats, Scored, Scorer, ScorerError};
+use sha2::{Digest, Sha256};
+use skyscore_core::{
+    conversation_key, ChatTurn, Conversation, ConversationKey, RowResult, RowScore, ScoreStats, Scored, Scorer,
+    ScorerError,
+};
 
 use crate::batching::{plan_batches, BatchLimits};
 use crate::checkpoint::Checkpoint;
@@ -23,6 +33,7 @@ use crate::device::{is_out_of_memory, DeviceList, DeviceSpec};
 use crate::encode::{Encoded, PromptEncoder, TruncationSide};
 use crate::hub::{FileSource, ModelSource};
 use crate::models::{Dtype, ModelBatch, RewardModel};
+use crate::store::{ModelId, ScoreStore};
 use crate::template::ChatTemplate;
 
 #[derive(Debug, Clone)]
@@ -41,6 +52,10 @@ pub struct EngineOptions {
     /// Rows tokenized, length-sorted and scored as one chunk (the next chunk is tokenized while
     /// the device works on this one); `None` picks a default for the device.
     pub chunk_rows: Option<usize>,
+    /// The persistent score store file (`None`: no store).
+    pub store: Option<PathBuf>,
+    /// How long to wait for a store another program holds exclusively before running without it.
+    pub store_wait: Duration,
 }
 
 impl Default for EngineOptions {
@@ -53,6 +68,8 @@ impl Default for EngineOptions {
             devices: DeviceList(vec![DeviceSpec::Cpu]),
             dtype: Dtype::F32,
             chunk_rows: None,
+            store: None,
+            store_wait: crate::store::DEFAULT_WAIT,
         }
     }
 }
@@ -96,6 +113,31 @@ struct Replica {
 /// What one device batch produced: scores in batch-row order and its figures.
 type BatchOutput = (Vec<f32>, ScoreStats);
 
+/// Where a row of a chunk gets its result.
+#[derive(Debug, Clone)]
+enum Slot {
+    /// The caller or the tokenizer refused it.
+    Failed(String),
+    /// Found in the score store.
+    Stored(RowScore),
+    /// The k-th distinct conversation the model runs (duplicates share it).
+    Todo(usize),
+}
+
+/// A chunk ready for the device: what each row needs, and the distinct conversations to score.
+struct PreparedChunk<C> {
+    chunk: C,
+    slots: Vec<Slot>,
+    todo_keys: Vec<ConversationKey>,
+    todo: Vec<Result<Encoded, String>>,
+    stats: ScoreStats,
+}
+
+/// The store and this model's name in it.
+struct StoreHandle {
+    store: ScoreStore,
+    model: ModelId,
+}
 pub struct Engine {
     checkpoint: Checkpoint,
     replicas: Vec<Replica>,
@@ -103,6 +145,7 @@ pub struct Engine {
     pad_token_id: Option<u32>,
     limits: BatchLimits,
     options: EngineOptions,
+    store: Option<StoreHandle>,
 }
 
 impl Engine {
@@ -164,6 +207,19 @@ impl Engine {
         }
 
         let max_rows = if opts.on_gpu() { usize::MAX } else { opts.batch_size };
+        let mut engine = Self {
+            checkpoint,
+            replicas,
+            encoder,
+            pad_token_id,
+            limits: BatchLimits { max_rows, max_tokens },
+            options: opts.clone(),
+            store: None,
+        };
+        if let Some(path) = &opts.store {
+            engine.store = engine.open_store(path)?;
+        }
+        let (checkpoint, encoder) = (&engine.checkpoint, &engine.encoder);
         tracing::info!(
             model,
             arch = checkpoint.arch.name(),
@@ -173,16 +229,34 @@ impl Engine {
             chunk_rows = opts.chunk_rows(),
             pad_token_id,
             template_sha256 = encoder.template().sha256(),
+            store = ?opts.store,
             "model loaded"
         );
-        Ok(Self {
-            checkpoint,
-            replicas,
-            encoder,
-            pad_token_id,
-            limits: BatchLimits { max_rows, max_tokens },
-            options: opts.clone(),
-        })
+        Ok(engine)
+    }
+
+    /// Opens the score store and names this model in it: everything a score depends on (the
+    /// fingerprint, the device kind, since GPU kernels round differently, and the files).
+    fn open_store(&self, path: &std::path::Path) -> Result<Option<StoreHandle>> {
+        let Some(store) = ScoreStore::open(path, self.options.store_wait)? else {
+            tracing::warn!(
+                "the score store {} is held by another program; running without it (scores of this run are not kept)",
+                path.display()
+            );
+            return Ok(None);
+        };
+        let kind = if self.options.on_gpu() { "cuda" } else { "cpu" };
+        let description =
+            format!("{};skyscore.device={kind};skyscore.files_sha256={}", self.fingerprint(), self.checkpoint.files_sha256);
+        let digest = Sha256::digest(description.as_bytes());
+        let model: ModelId = digest[..16].try_into().expect("16 bytes");
+        store.register_model(&model, &description)?;
+        Ok(Some(StoreHandle { store, model }))
+    }
+
+    /// The score store this engine reads and writes, if any.
+    pub fn store_path(&self) -> Option<&std::path::Path> {
+        self.store.as_ref().map(|s| s.store.path())
     }
 
     pub fn encoder(&self) -> &PromptEncoder {
@@ -204,14 +278,11 @@ impl Engine {
         mut on_scored: impl FnMut(C, Scored) -> Result<()>,
     ) -> Result<()> {
         // One chunk waits while one is scored: memory stays bounded by two chunks.
-        let (tx, rx) = mpsc::sync_channel::<Result<(C, Vec<Result<Encoded, String>>)>>(1);
+        let (tx, rx) = mpsc::sync_channel::<Result<PreparedChunk<C>>>(1);
         std::thread::scope(|scope| {
             scope.spawn(move || {
                 for chunk in chunks {
-                    let item = chunk.map(|c| {
-                        let encoded = self.encode_chunk(&c);
-                        (c, encoded)
-                    });
+                    let item = chunk.and_then(|c| self.prepare_chunk(c));
                     let failed = item.is_err();
                     if tx.send(item).is_err() || failed {
                         break;
@@ -219,59 +290,144 @@ impl Engine {
                 }
             });
             for item in rx {
-                let (chunk, encoded) = item?;
-                let scored = self.score_encoded_rows(&encoded, on_batch)?;
-                on_scored(chunk, scored)?;
+                let prepared = item?;
+                crate::interrupt::check()?;
+                let todo_results = self.score_todo(&prepared.todo, &prepared.todo_keys, on_batch)?;
+                let mut stats = prepared.stats;
+                stats += todo_results.stats;
+                let rows = prepared
+                    .slots
+                    .into_iter()
+                    .map(|slot| match slot {
+                        Slot::Failed(reason) => Err(reason),
+                        Slot::Stored(row) => Ok(row),
+                        Slot::Todo(t) => todo_results.rows[t].clone(),
+                    })
+                    .collect();
+                on_scored(prepared.chunk, Scored { rows, stats })?;
             }
             Ok(())
         })
     }
 
-    /// Tokenizes a chunk's rows in parallel; a row that cannot be tokenized carries its reason.
-    fn encode_chunk(&self, chunk: &impl ConversationChunk) -> Vec<Result<Encoded, String>> {
-        chunk
-            .conversations()
+    /// Deduplicates a chunk's rows, answers what the score store knows, and tokenizes the rest in
+    /// parallel (a row that cannot be tokenized carries its reason).
+    fn prepare_chunk<C: ConversationChunk>(&self, chunk: C) -> Result<PreparedChunk<C>> {
+        let conversations = chunk.conversations();
+        let keys: Vec<Option<ConversationKey>> =
+            conversations.par_iter().map(|c| c.as_ref().ok().map(|c| conversation_key(c))).collect();
+        let mut stats = ScoreStats::default();
+        let mut slots = Vec::with_capacity(conversations.len());
+        let mut first_of: HashMap<ConversationKey, usize> = HashMap::new();
+        let mut distinct_rows: Vec<usize> = Vec::new();
+        for (row, (conversation, key)) in conversations.iter().zip(&keys).enumerate() {
+            match (conversation, key) {
+                (Err(reason), _) => slots.push(Slot::Failed(reason.clone())),
+                (Ok(_), Some(key)) => {
+                    let next = distinct_rows.len();
+                    let t = *first_of.entry(*key).or_insert(next);
+                    if t == next {
+                        distinct_rows.push(row);
+                    } else {
+                        stats.duplicate_rows += 1;
+                    }
+                    slots.push(Slot::Todo(t));
+                }
+                (Ok(_), None) => unreachable!("every conversation has a key"),
+            }
+        }
+        let distinct_keys: Vec<ConversationKey> = distinct_rows.iter().map(|&r| keys[r].expect("valid row")).collect();
+        let stored = match &self.store {
+            Some(s) => s.store.get_many(&s.model, &distinct_keys).context("reading the score store")?,
+            None => vec![None; distinct_keys.len()],
+        };
+        // Renumber the conversations still to score; stored ones answer their rows directly.
+        let mut renumbered = Vec::with_capacity(distinct_rows.len());
+        let (mut todo_rows, mut todo_keys) = (Vec::new(), Vec::new());
+        for ((row, key), found) in distinct_rows.iter().zip(&distinct_keys).zip(&stored) {
+            renumbered.push(todo_rows.len());
+            if found.is_none() {
+                todo_rows.push(*row);
+                todo_keys.push(*key);
+            }
+        }
+        for slot in &mut slots {
+            if let Slot::Todo(t) = *slot {
+                *slot = match stored[t] {
+                    Some(row) => {
+                        stats.store_hits += 1;
+                        Slot::Stored(row)
+                    }
+                    None => Slot::Todo(renumbered[t]),
+                };
+            }
+        }
+        let todo = todo_rows
             .par_iter()
-            .map(|conversation| {
-                let conversation = conversation.as_ref().map_err(Clone::clone)?;
+            .map(|&row| {
+                let conversation = conversations[row].as_ref().map_err(Clone::clone)?;
                 let encoded = self.encoder.encode_conversation(conversation).map_err(|e| e.to_string())?;
                 if encoded.ids.is_empty() {
-                    return Err("the prompt tokenizes to no tokens".into());
+                    return Err("the prompt tokenizes to no tokens".to_string());
                 }
                 Ok(encoded)
             })
-            .collect()
+            .collect();
+        drop(conversations);
+        Ok(PreparedChunk { chunk, slots, todo_keys, todo, stats })
     }
 
-    /// Runs the rows that tokenized through the model; row errors pass through, and a
-    /// non-finite score becomes one (it would poison every ranking and threshold downstream).
-    fn score_encoded_rows(
+    /// Runs the distinct rows that tokenized through the model, committing each device batch's
+    /// scores to the store; row errors pass through, and a non-finite score becomes one (it
+    /// would poison every ranking and threshold downstream, and is never stored).
+    fn score_todo(
         &self,
         encoded: &[Result<Encoded, String>],
+        keys: &[ConversationKey],
         on_batch: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<Scored> {
         let valid: Vec<(usize, &Encoded)> =
             encoded.iter().enumerate().filter_map(|(i, e)| e.as_ref().ok().map(|e| (i, e))).collect();
         let refs: Vec<&Encoded> = valid.iter().map(|(_, e)| *e).collect();
+        let row_score = |k: usize, score: f32| {
+            let enc = refs[k];
+            score.is_finite().then_some(RowScore { score, tokens: enc.ids.len() as u32, truncated: enc.truncated })
+        };
+        let mut store_failed = false;
+        let mut commit = |batch: &[usize], logits: &[f32]| {
+            let Some(s) = &self.store else { return };
+            let rows: Vec<(ConversationKey, RowScore)> = batch
+                .iter()
+                .zip(logits)
+                .filter_map(|(&k, &score)| row_score(k, score).map(|r| (keys[valid[k].0], r)))
+                .collect();
+            if let Err(e) = s.store.put_many(&s.model, &rows) {
+                if !std::mem::replace(&mut store_failed, true) {
+                    tracing::warn!("cannot write to the score store {}: {e:#}; scores go on without it", s.store.path().display());
+                }
+            }
+        };
         let started = Instant::now();
-        let (logits, mut stats) = self.score_encoded(&refs, on_batch)?;
+        let (logits, mut stats) = self.score_encoded(&refs, on_batch, &mut commit)?;
         stats.model_s = started.elapsed().as_secs_f64();
         stats.truncated_rows = refs.iter().filter(|e| e.truncated).count();
         let mut rows: Vec<RowResult> =
             encoded.iter().map(|e| Err(e.as_ref().err().cloned().unwrap_or_default())).collect();
-        for ((i, enc), score) in valid.into_iter().zip(logits) {
-            rows[i] = if score.is_finite() {
-                Ok(RowScore { score, tokens: enc.ids.len() as u32, truncated: enc.truncated })
-            } else {
-                Err(format!("the model gave a non-finite score ({score})"))
-            };
+        for (k, ((i, _), score)) in valid.iter().zip(logits).enumerate() {
+            rows[*i] = row_score(k, score).ok_or_else(|| format!("the model gave a non-finite score ({score})"));
         }
         Ok(Scored { rows, stats })
     }
 
-    /// Scores tokenized rows in length-sorted, token-budgeted batches; `on_batch(rows, tokens)`
-    /// is called after each device batch. Scores come back in the order of `rows`.
-    fn score_encoded(&self, rows: &[&Encoded], on_batch: &(dyn Fn(usize, usize) + Sync)) -> Result<BatchOutput> {
+    /// Scores tokenized rows in length-sorted, token-budgeted batches; after each device batch,
+    /// `commit(batch rows, their scores)` then `on_batch(rows, tokens)`. Scores come back in the
+    /// order of `rows`. A stop request (Ctrl-C) ends it between batches.
+    fn score_encoded(
+        &self,
+        rows: &[&Encoded],
+        on_batch: &(dyn Fn(usize, usize) + Sync),
+        commit: &mut dyn FnMut(&[usize], &[f32]),
+    ) -> Result<BatchOutput> {
         let lengths: Vec<usize> = rows.iter().map(|r| r.ids.len()).collect();
         let plan = plan_batches(&lengths, self.limits);
         let mut scores = vec![0f32; rows.len()];
@@ -280,11 +436,13 @@ impl Engine {
             for (&row, score) in batch_rows.iter().zip(&logits) {
                 scores[row] = *score;
             }
+            commit(batch_rows, &logits);
             on_batch(batch_rows.len(), batch_stats.tokens);
             stats += batch_stats;
         };
         if let [replica] = self.replicas.as_slice() {
             for batch_rows in &plan {
+                crate::interrupt::check()?;
                 record(batch_rows, self.run_batch_or_halves(replica, rows, batch_rows)?);
             }
         } else {
@@ -336,8 +494,15 @@ impl Engine {
             for replica in &self.replicas {
                 let (tx, next, failed) = (tx.clone(), &next, &failed);
                 scope.spawn(move || loop {
+                    if failed.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if let Err(e) = crate::interrupt::check() {
+                        let _ = tx.send(Err(e.into()));
+                        break;
+                    }
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= plan.len() || failed.load(Ordering::Relaxed) {
+                    if i >= plan.len() {
                         break;
                     }
                     let result = self.run_batch_or_halves(replica, rows, &plan[i]).map(|r| (i, r));

@@ -15,10 +15,12 @@ pub mod device;
 pub mod encode;
 pub mod engine;
 pub mod hub;
+pub mod interrupt;
 pub mod io;
 pub mod models;
 pub mod plot;
 pub mod session;
+pub mod store;
 pub mod tables;
 pub mod template;
 

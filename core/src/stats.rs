@@ -16,6 +16,10 @@ pub struct ScoreStats {
     pub truncated_rows: usize,
     /// Device batches (forward passes).
     pub batches: usize,
+    /// Rows answered from the persistent score store (scored by an earlier run).
+    pub store_hits: usize,
+    /// Rows identical to another row of the same chunk, scored once for all of them.
+    pub duplicate_rows: usize,
     /// Seconds spent in the model's scoring calls.
     pub model_s: f64,
 }
@@ -27,6 +31,8 @@ impl std::ops::AddAssign for ScoreStats {
         self.padded_tokens += o.padded_tokens;
         self.truncated_rows += o.truncated_rows;
         self.batches += o.batches;
+        self.store_hits += o.store_hits;
+        self.duplicate_rows += o.duplicate_rows;
         self.model_s += o.model_s;
     }
 }
@@ -48,13 +54,29 @@ mod tests {
 
     #[test]
     fn adding_sums_every_field() {
-        let a = ScoreStats { model_rows: 1, tokens: 2, padded_tokens: 3, truncated_rows: 4, batches: 5, model_s: 0.5 };
+        let a = ScoreStats {
+            model_rows: 1,
+            tokens: 2,
+            padded_tokens: 3,
+            truncated_rows: 4,
+            batches: 5,
+            store_hits: 6,
+            duplicate_rows: 7,
+            model_s: 0.5,
+        };
         let mut b = a;
         b += a;
-        assert_eq!(
-            b,
-            ScoreStats { model_rows: 2, tokens: 4, padded_tokens: 6, truncated_rows: 8, batches: 10, model_s: 1.0 }
-        );
+        let doubled = ScoreStats {
+            model_rows: 2,
+            tokens: 4,
+            padded_tokens: 6,
+            truncated_rows: 8,
+            batches: 10,
+            store_hits: 12,
+            duplicate_rows: 14,
+            model_s: 1.0,
+        };
+        assert_eq!(b, doubled);
         assert_eq!(b.model_tokens_per_s(), 4.0);
         assert_eq!(ScoreStats::default().model_tokens_per_s(), 0.0);
     }

@@ -48,6 +48,14 @@ pub struct EngineArgs {
     /// Weight and compute dtype: f32, f16 or bf16. [default: f32 on CPU, bf16 on CUDA]
     #[arg(long)]
     pub dtype: Option<Dtype>,
+    /// The persistent score store: every score is kept there, so a rerun (after a crash, a
+    /// Ctrl-C, or of another query) runs the model only on rows it has never scored with this
+    /// model. [default: $SKYSCORE_STORE, else ~/.cache/skyscore/scores.redb]
+    #[arg(long, value_name = "FILE", conflicts_with = "no_store")]
+    pub store: Option<PathBuf>,
+    /// Neither read nor write the score store.
+    #[arg(long)]
+    pub no_store: bool,
 }
 
 /// The model to load and how to run it.
@@ -58,6 +66,14 @@ pub struct ResolvedEngine {
 }
 
 impl EngineArgs {
+    /// The store file this run uses, if any.
+    pub fn store_path(&self) -> Option<PathBuf> {
+        if self.no_store {
+            return None;
+        }
+        self.store.clone().or_else(crate::store::default_path)
+    }
+
     pub fn resolve(&self) -> Result<ResolvedEngine> {
         let cfg = match &self.config {
             Some(path) => ScorerConfig::load(path)?,
@@ -81,6 +97,8 @@ impl EngineArgs {
                 chunk_rows: self.chunk_rows,
                 devices,
                 dtype,
+                store: self.store_path(),
+                ..Default::default()
             },
         })
     }

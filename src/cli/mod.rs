@@ -6,6 +6,7 @@ mod progress;
 pub mod score;
 pub mod sql;
 pub mod stats;
+pub mod store;
 pub mod summary;
 
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ pub enum Command {
     /// The score distribution of a scored file (quantiles, histogram, --plot), and how many
     /// rows a threshold (--keep-above X) or a share (--keep-top P%) keeps.
     Stats(stats::StatsArgs),
+    /// The persistent score store: `info` (entries per model, size), `clear [--model M]`.
+    Store(store::StoreArgs),
 }
 
 fn init_tracing(verbose: u8) {
@@ -54,14 +57,22 @@ fn init_tracing(verbose: u8) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
+    crate::interrupt::install();
     let result = match cli.command {
         Command::Score(args) => score::run(args),
         Command::Sql(args) => sql::run(args),
         Command::Stats(args) => stats::run(args),
+        Command::Store(args) => store::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(signal) = crate::interrupt::requested() {
+                eprintln!(
+                    "stopped: {e:#}. Every score computed so far is in the score store: run the same command again to resume."
+                );
+                return ExitCode::from(crate::interrupt::exit_code(signal));
+            }
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

@@ -62,9 +62,11 @@ impl RunSummary {
     pub fn line(&self) -> String {
         let s = &self.stats;
         format!(
-            "scored {} rows ({} by the model, {} skipped) · {} tokens ({} padded) · {} truncated · {:.2} s · {:.0} tokens/s",
+            "scored {} rows ({} by the model, {} from the store, {} duplicates, {} skipped) · {} tokens ({} padded) · {} truncated · {:.2} s · {:.0} tokens/s",
             self.rows,
             s.model_rows,
+            s.store_hits,
+            s.duplicate_rows,
             self.skipped_rows,
             s.tokens,
             s.padded_tokens,
@@ -78,10 +80,11 @@ impl RunSummary {
     pub fn sql_line(&self) -> String {
         let s = &self.stats;
         format!(
-            "skywork_score: {} rows evaluated, {} scored by the model, {} from cache · {} tokens ({} padded) · {} truncated · {:.2} s · {:.0} tokens/s",
+            "skywork_score: {} rows evaluated, {} scored by the model, {} from cache, {} from the store · {} tokens ({} padded) · {} truncated · {:.2} s · {:.0} tokens/s",
             self.rows,
             s.model_rows,
             self.cache_hits,
+            s.store_hits,
             s.tokens,
             s.padded_tokens,
             s.truncated_rows,

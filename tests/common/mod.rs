@@ -58,9 +58,20 @@ pub fn expected(model: &str, case: &str) -> Vec<Expected> {
 
 pub const MODELS: [&str; 2] = ["tiny-llama", "tiny-qwen3"];
 
-/// Runs the skyscore binary (never offline by accident).
+/// Runs the skyscore binary (never offline by accident) with a score store of its own, so no
+/// run answers from another's scores (tests of the store pass `--store`).
 pub fn skyscore(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_skyscore")).args(args).env_remove("HF_HUB_OFFLINE").output().expect("run skyscore")
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let store = std::env::temp_dir().join(format!("skyscore-test-store-{}-{n}.redb", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_skyscore"))
+        .args(args)
+        .env_remove("HF_HUB_OFFLINE")
+        .env("SKYSCORE_STORE", &store)
+        .output()
+        .expect("run skyscore");
+    let _ = std::fs::remove_file(&store);
+    out
 }
 
 pub fn p(path: &Path) -> &str {

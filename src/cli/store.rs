@@ -1,0 +1,58 @@
+//! `skyscore store`: what the persistent score store holds, and emptying it.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+
+use crate::store::{ScoreStore, DEFAULT_WAIT};
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The store file. [default: $SKYSCORE_STORE, else ~/.cache/skyscore/scores.redb]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub store: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: StoreCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Entries, file size, and entries per model.
+    Info,
+    /// Remove the scores of one model (`--model` as given to `score`/`sql`: a hub id or a
+    /// directory), or every score.
+    Clear {
+        #[arg(long)]
+        model: Option<String>,
+    },
+}
+
+pub fn run(args: StoreArgs) -> Result<()> {
+    let Some(path) = args.store.clone().or_else(crate::store::default_path) else {
+        bail!("no store given and no cache folder known: use --store FILE");
+    };
+    if !path.exists() {
+        println!("{}: no score store yet (it is created by the first score or sql run)", path.display());
+        return Ok(());
+    }
+    let Some(mut store) = ScoreStore::open(&path, DEFAULT_WAIT)? else {
+        bail!("{}: the score store is held by another program; try again when it is done", path.display());
+    };
+    match args.command {
+        StoreCommand::Info => {
+            let size = std::fs::metadata(&path)?.len();
+            println!("{}: {} scores, {:.1} MB", path.display(), store.len()?, size as f64 / 1e6);
+            for m in store.models()? {
+                println!("  {:>10}  {}", m.entries, m.model.replace(';', " "));
+            }
+        }
+        StoreCommand::Clear { model } => {
+            let removed = store.clear(model.as_deref())?;
+            store.compact()?;
+            let what = model.map_or("all models".to_string(), |m| format!("model {m}"));
+            println!("removed {removed} scores of {what} from {}", path.display());
+        }
+    }
+    Ok(())
+}
