@@ -171,6 +171,13 @@ impl Engine {
         let files = FileSource::new(ModelSource::parse(model)?);
         let checkpoint = Checkpoint::resolve(model, &files).with_context(|| format!("loading model `{model}`"))?;
 
+        if let Some(positions) = checkpoint.arch.max_positions().filter(|&p| opts.max_length > p) {
+            bail!(
+                "--max-length {} is beyond what `{model}` was trained for (max_position_embeddings {positions}); \
+                 scores past it are not meaningful: use --max-length {positions} or less",
+                opts.max_length
+            );
+        }
         let template_src = checkpoint
             .chat_template
             .as_deref()
@@ -246,8 +253,11 @@ impl Engine {
             return Ok(None);
         };
         let kind = if self.options.on_gpu() { "cuda" } else { "cpu" };
-        let description =
-            format!("{};skyscore.device={kind};skyscore.files_sha256={}", self.fingerprint(), self.checkpoint.files_sha256);
+        let description = format!(
+            "{};skyscore.device={kind};skyscore.files_sha256={}",
+            self.fingerprint(),
+            self.checkpoint.files_sha256
+        );
         let digest = Sha256::digest(description.as_bytes());
         let model: ModelId = digest[..16].try_into().expect("16 bytes");
         store.register_model(&model, &description)?;
@@ -292,16 +302,28 @@ impl Engine {
             for item in rx {
                 let prepared = item?;
                 crate::interrupt::check()?;
-                let todo_results = self.score_todo(&prepared.todo, &prepared.todo_keys, on_batch)?;
+                // This chunk was looked up while the previous one was still scoring: rows it
+                // shares with that one are in the store now.
+                let known = match &self.store {
+                    Some(s) => s.store.get_many(&s.model, &prepared.todo_keys).context("reading the score store")?,
+                    None => vec![None; prepared.todo_keys.len()],
+                };
+                let todo_results = self.score_todo(&prepared.todo, &prepared.todo_keys, &known, on_batch)?;
                 let mut stats = prepared.stats;
                 stats += todo_results.stats;
+                let mut counted = vec![false; known.len()];
                 let rows = prepared
                     .slots
                     .into_iter()
                     .map(|slot| match slot {
                         Slot::Failed(reason) => Err(reason),
                         Slot::Stored(row) => Ok(row),
-                        Slot::Todo(t) => todo_results.rows[t].clone(),
+                        Slot::Todo(t) => {
+                            if known[t].is_some() && !std::mem::replace(&mut counted[t], true) {
+                                stats.store_hits += 1;
+                            }
+                            todo_results.rows[t].clone()
+                        }
                     })
                     .collect();
                 on_scored(prepared.chunk, Scored { rows, stats })?;
@@ -351,11 +373,15 @@ impl Engine {
                 todo_keys.push(*key);
             }
         }
+        // A stored row counts once as a store hit; its duplicates stay duplicates.
+        let mut counted = vec![false; stored.len()];
         for slot in &mut slots {
             if let Slot::Todo(t) = *slot {
                 *slot = match stored[t] {
                     Some(row) => {
-                        stats.store_hits += 1;
+                        if !std::mem::replace(&mut counted[t], true) {
+                            stats.store_hits += 1;
+                        }
                         Slot::Stored(row)
                     }
                     None => Slot::Todo(renumbered[t]),
@@ -384,10 +410,15 @@ impl Engine {
         &self,
         encoded: &[Result<Encoded, String>],
         keys: &[ConversationKey],
+        known: &[Option<RowScore>],
         on_batch: &(dyn Fn(usize, usize) + Sync),
     ) -> Result<Scored> {
-        let valid: Vec<(usize, &Encoded)> =
-            encoded.iter().enumerate().filter_map(|(i, e)| e.as_ref().ok().map(|e| (i, e))).collect();
+        let valid: Vec<(usize, &Encoded)> = encoded
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| known[*i].is_none())
+            .filter_map(|(i, e)| e.as_ref().ok().map(|e| (i, e)))
+            .collect();
         let refs: Vec<&Encoded> = valid.iter().map(|(_, e)| *e).collect();
         let row_score = |k: usize, score: f32| {
             let enc = refs[k];
@@ -403,7 +434,10 @@ impl Engine {
                 .collect();
             if let Err(e) = s.store.put_many(&s.model, &rows) {
                 if !std::mem::replace(&mut store_failed, true) {
-                    tracing::warn!("cannot write to the score store {}: {e:#}; scores go on without it", s.store.path().display());
+                    tracing::warn!(
+                        "cannot write to the score store {}: {e:#}; scores go on without it",
+                        s.store.path().display()
+                    );
                 }
             }
         };
@@ -411,8 +445,14 @@ impl Engine {
         let (logits, mut stats) = self.score_encoded(&refs, on_batch, &mut commit)?;
         stats.model_s = started.elapsed().as_secs_f64();
         stats.truncated_rows = refs.iter().filter(|e| e.truncated).count();
-        let mut rows: Vec<RowResult> =
-            encoded.iter().map(|e| Err(e.as_ref().err().cloned().unwrap_or_default())).collect();
+        let mut rows: Vec<RowResult> = encoded
+            .iter()
+            .zip(known)
+            .map(|(e, known)| match known {
+                Some(row) => Ok(*row),
+                None => Err(e.as_ref().err().cloned().unwrap_or_default()),
+            })
+            .collect();
         for (k, ((i, _), score)) in valid.iter().zip(logits).enumerate() {
             rows[*i] = row_score(k, score).ok_or_else(|| format!("the model gave a non-finite score ({score})"));
         }

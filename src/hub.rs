@@ -20,6 +20,8 @@ pub enum HubError {
     Download { repo: String, revision: String, file: String, reason: String },
     #[error("`{0}` is neither an existing directory nor a hub id of the form owner/name[@revision]")]
     BadSource(String),
+    #[error("model directory {0} does not exist (hub ids are owner/name, without ./ or a local folder in front)")]
+    MissingDir(PathBuf),
 }
 
 /// A `--model` argument.
@@ -35,6 +37,19 @@ impl ModelSource {
         let path = Path::new(spec);
         if path.is_dir() {
             return Ok(ModelSource::Local(path.to_path_buf()));
+        }
+        // A path written as one (./x, ../x, /x, or under a folder that exists here) is a local
+        // directory that is missing, not a hub id to look up on the network.
+        let first = path.components().next();
+        let local_looking = matches!(
+            first,
+            Some(std::path::Component::CurDir | std::path::Component::ParentDir | std::path::Component::RootDir)
+        ) || spec
+            .split('/')
+            .next()
+            .is_some_and(|head| !head.is_empty() && spec.contains('/') && Path::new(head).is_dir());
+        if local_looking {
+            return Err(HubError::MissingDir(path.to_path_buf()));
         }
         let (repo_id, revision) = match spec.split_once('@') {
             Some((id, rev)) if !rev.is_empty() => (id, rev),
@@ -210,5 +225,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spec = dir.path().to_str().unwrap();
         assert_eq!(ModelSource::parse(spec).unwrap(), ModelSource::Local(dir.path().to_path_buf()));
+        for missing in ["./models/x", "../x/y", "/nowhere/m"] {
+            assert!(matches!(ModelSource::parse(missing), Err(HubError::MissingDir(_))), "{missing}");
+        }
+        // `src` exists in the crate folder tests run in: `src/nothing` is a missing directory.
+        assert!(matches!(ModelSource::parse("src/nothing"), Err(HubError::MissingDir(_))));
+        assert!(matches!(ModelSource::parse("Skywork/Reward"), Ok(ModelSource::Hub { .. })));
     }
 }

@@ -167,7 +167,7 @@ impl ScoreStore {
             let entries = scores.range(key(&id, 0)..=key(&id, u128::MAX))?.count() as u64;
             out.push(ModelEntries { model: description.value().to_string(), entries });
         }
-        out.sort_by(|a, b| b.entries.cmp(&a.entries));
+        out.sort_by_key(|m| std::cmp::Reverse(m.entries));
         Ok(out)
     }
 
@@ -188,10 +188,8 @@ impl ScoreStore {
         {
             let mut models = txn.open_table(MODELS)?;
             let mut scores = txn.open_table(SCORES)?;
-            let ids: Vec<(ModelId, String)> = models
-                .iter()?
-                .map(|r| r.map(|(k, v)| (k.value(), v.value().to_string())))
-                .collect::<Result<_, _>>()?;
+            let ids: Vec<(ModelId, String)> =
+                models.iter()?.map(|r| r.map(|(k, v)| (k.value(), v.value().to_string()))).collect::<Result<_, _>>()?;
             for (id, description) in ids {
                 if filter.is_some_and(|f| !description_matches(&description, f)) {
                     continue;
@@ -249,7 +247,10 @@ mod tests {
         drop(store);
         // Reopening finds what was committed.
         let store = ScoreStore::open(&path, DEFAULT_WAIT).unwrap().unwrap();
-        assert_eq!(store.models().unwrap(), [ModelEntries { model: "skyscore.model=/models/b;skyscore.dtype=bf16".into(), entries: 1 }]);
+        assert_eq!(
+            store.models().unwrap(),
+            [ModelEntries { model: "skyscore.model=/models/b;skyscore.dtype=bf16".into(), entries: 1 }]
+        );
         assert_eq!(store.clear(None).unwrap(), 1);
         assert!(store.is_empty().unwrap());
     }

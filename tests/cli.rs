@@ -21,6 +21,14 @@ fn assert_clean_failure(out: &Output, needle: &str) {
     assert!(err.contains(needle), "expected `{needle}` in: {err}");
 }
 
+/// No temporary output (`.NAME.skyscore-PID-N.tmp.EXT`) is left behind.
+fn assert_no_temporary_files(dir: &Path) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.contains(".skyscore-"), "temporary file left: {name}");
+    }
+}
+
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -82,7 +90,7 @@ fn scores_sample_parquet_to_jsonl_in_input_order() {
     assert_eq!(stats["truncated_rows"], 0);
     let tokens = stats["tokens"].as_u64().unwrap();
     assert!(stats["padded_tokens"].as_u64().unwrap() >= tokens);
-    assert!(!dir.path().join("scores.jsonl.partial").exists());
+    assert_no_temporary_files(dir.path());
 }
 
 /// Many small windows (each tokenized while the previous one is scored) and two model replicas
@@ -214,7 +222,7 @@ fn null_instruction_is_an_error_naming_the_row() {
     let run = skyscore(&["score", "--model", &tiny_llama(), "--input", p(&input), "--output", p(&out)]);
     assert_clean_failure(&run, "row 1 (id 8): column `instruction` is NULL");
     assert!(!out.exists(), "no output on failure");
-    assert!(!dir.path().join("out.jsonl.partial").exists(), "partial output removed");
+    assert_no_temporary_files(dir.path());
 }
 
 #[test]
@@ -350,7 +358,7 @@ fn broken_checkpoints_fail_cleanly() {
     std::fs::remove_file(m.join("tokenizer.json")).unwrap();
     assert_clean_failure(&run_with(&m), "has no tokenizer.json");
 
-    assert_clean_failure(&run_with(&dir.path().join("nothing-here")), "neither an existing directory nor a hub id");
+    assert_clean_failure(&run_with(&dir.path().join("nothing-here")), "nothing-here does not exist");
 }
 
 /// A hub id resolves through a Hugging Face cache laid out as huggingface_hub lays it out

@@ -159,12 +159,18 @@ fn sql_errors_fail_cleanly() {
         (vec!["sql", "SELECT * FROM missing_table"], "missing_table"),
         (
             vec!["sql", "--model", "/nonexistent/model", "SELECT skywork_score('a', 'b')"],
-            "neither an existing directory nor a hub id",
+            "model directory /nonexistent/model does not exist",
         ),
         (vec!["sql", "SELECT skywork_score('a', 1, 'b')"], "argument `input` must be a string, got Int64"),
+        (
+            vec!["sql", "SELECT skywork_score('a')"],
+            "skywork_score takes (instruction, input, output) or (instruction, output), got 1",
+        ),
+        (vec!["sql", "SELECT skywork_score_chat('a', 'b')"], "skywork_score_chat takes one argument (messages), got 2"),
     ] {
         let run = skyscore(&args);
         let err = stderr(&run);
+        assert!(!err.contains("likely caused by a bug"), "{args:?}: our message, not DataFusion's: {err}");
         assert_eq!(run.status.code(), Some(1), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
         assert!(err.contains(needle), "{args:?}: expected `{needle}` in {err}");

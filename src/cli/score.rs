@@ -52,8 +52,9 @@ pub struct ScoreArgs {
     /// Carry all input columns through and add score, num_tokens and truncated.
     #[arg(long)]
     pub keep_columns: bool,
-    /// Give rows with a NULL instruction/output (or an unrenderable prompt) a null score
-    /// instead of failing.
+    /// Give rows that cannot be scored (a NULL instruction/output, a prompt the template
+    /// refuses, a non-finite score) a null score, and skip JSONL lines that are not a JSON
+    /// object, instead of failing; all are counted as skipped.
     #[arg(long)]
     pub skip_invalid: bool,
     /// Write the end-of-run figures as JSON (the score distribution included).
@@ -83,7 +84,9 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         output: args.output_column.clone(),
         id: args.id_column.clone(),
     };
-    let input = open_input(&args.input, resolved.options.chunk_rows())?;
+    crate::io::paths::check_not_input(&args.input, &args.output)?;
+    let input = open_input(&args.input, resolved.options.chunk_rows(), args.skip_invalid)?;
+    let skipped_lines = input.skipped.clone();
     let file = args.input.display().to_string();
     names.check(&input.schema, &file)?;
     let id_column = names.id_column(&input.schema).map(str::to_string);
@@ -119,6 +122,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     }
     writer.finish()?;
 
+    summary.skipped_rows += crate::io::jsonl::skipped(&skipped_lines);
     summary.finish(started.elapsed().as_secs_f64());
     summary.distribution = distribution.summary(DETAILED_BINS);
     eprintln!("{}", summary.line());

@@ -177,10 +177,39 @@ async fn run_session(args: &SqlArgs, service: &Arc<ScoringService>) -> Result<()
     let progress = ProgressTicker::start(service.clone(), !args.no_progress);
     let result = match &args.output {
         Some(path) => write_query(&ctx, &commands, path, service).await,
-        None => exec_from_commands(&ctx, vec![commands], &print_options).await.map_err(anyhow::Error::from),
+        None => run_statements(&ctx, commands, &print_options).await,
     };
     progress.stop();
-    result
+    result.map_err(|e| anyhow::anyhow!(tidy_signature_error(&format!("{e:#}"))))
+}
+
+/// DataFusion reports a call that matches none of a function's signatures as an internal
+/// error ("likely caused by a bug in DataFusion") listing every variant; for skyscore's
+/// functions, the message of their own argument check is the one that helps.
+fn tidy_signature_error(message: &str) -> String {
+    const OURS: &str = "user-defined coercion failed with: Error during planning: ";
+    if !message.contains("failed to match any signature") {
+        return message.to_string();
+    }
+    let Some(start) = message.find(OURS).map(|i| i + OURS.len()) else { return message.to_string() };
+    let rest = &message[start..];
+    let end = rest.find(",Error during planning").or_else(|| rest.find('\n')).unwrap_or(rest.len());
+    format!("Error during planning: {}", rest[..end].trim_end_matches('.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tidy_signature_error;
+
+    #[test]
+    fn signature_errors_show_our_message() {
+        let df = "Error during planning: Internal error: Function 'skywork_score' failed to match any signature, errors: Execution error: Function 'skywork_score' user-defined coercion failed with: Error during planning: skywork_score takes (instruction, input, output) or (instruction, output), got 1 arguments,Error during planning: Function 'skywork_score' expects 3 arguments but received 1.\nThis issue was likely caused by a bug in DataFusion's code.";
+        assert_eq!(
+            tidy_signature_error(df),
+            "Error during planning: skywork_score takes (instruction, input, output) or (instruction, output), got 1 arguments"
+        );
+        assert_eq!(tidy_signature_error("table 'x' not found"), "table 'x' not found");
+    }
 }
 
 /// Whether one of the statements is a `COPY` whose query runs the model. Statements that
@@ -201,9 +230,82 @@ async fn copies_scores(ctx: &SessionContext, sql: &str) -> bool {
     false
 }
 
-/// Runs one query and streams its result into `path`.
+/// Runs the statements as datafusion-cli would, except that a `COPY ... TO` a local path writes
+/// under a temporary name and replaces its target only when complete: a failed or interrupted
+/// COPY leaves an existing file as it was and no half-written one behind.
+async fn run_statements(ctx: &SessionContext, commands: String, print_options: &PrintOptions) -> Result<()> {
+    let Ok(statements) = DFParser::parse_sql(&commands) else {
+        // Let datafusion-cli report the syntax error as it does.
+        return exec_from_commands(ctx, vec![commands], print_options).await.map_err(anyhow::Error::from);
+    };
+    if !statements.iter().any(|s| matches!(s, Statement::CopyTo(c) if !c.target.contains("://"))) {
+        return exec_from_commands(ctx, vec![commands], print_options).await.map_err(anyhow::Error::from);
+    }
+    for statement in statements {
+        match statement {
+            Statement::CopyTo(mut copy) if !copy.target.contains("://") => {
+                let target = PathBuf::from(&copy.target);
+                crate::io::paths::remove_stale_temps(&target);
+                let temp = crate::io::paths::temp_sibling(&target);
+                copy.target = temp.to_str().context("COPY target is not UTF-8")?.to_string();
+                let started = Instant::now();
+                let written = async {
+                    let plan = ctx.state().statement_to_plan(Statement::CopyTo(copy)).await?;
+                    let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
+                    Ok::<_, datafusion::error::DataFusionError>(batches)
+                }
+                .await;
+                let batches = match written {
+                    Ok(b) => b,
+                    Err(e) => {
+                        crate::io::paths::remove_temp(&temp);
+                        return Err(e).with_context(|| {
+                            format!("COPY to {} ({} was left as it was)", target.display(), target.display())
+                        });
+                    }
+                };
+                crate::io::paths::replace_with(&temp, &target)?;
+                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                let schema = batches
+                    .first()
+                    .map(|b| b.schema())
+                    .unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()));
+                let format = ctx.task_ctx().session_config().options().format.clone();
+                print_options.print_batches(schema, &batches, started, rows, &format)?;
+            }
+            other => exec_from_commands(ctx, vec![other.to_string()], print_options).await?,
+        }
+    }
+    Ok(())
+}
+
+/// Runs one query and streams its result into `path` (through a temporary file, so an existing
+/// `path` stays until a complete result replaces it).
 async fn write_query(ctx: &SessionContext, sql: &str, path: &std::path::Path, service: &ScoringService) -> Result<()> {
-    let location = path.to_str().context("output path is not UTF-8")?;
+    crate::io::paths::remove_stale_temps(path);
+    let temp = crate::io::paths::temp_sibling(path);
+    let result = write_query_to(ctx, sql, path, &temp, service).await;
+    match result {
+        Ok(rows) => {
+            crate::io::paths::replace_with(&temp, path)?;
+            eprintln!("wrote {rows} rows to {}", path.display());
+            Ok(())
+        }
+        Err(e) => {
+            crate::io::paths::remove_temp(&temp);
+            Err(e)
+        }
+    }
+}
+
+async fn write_query_to(
+    ctx: &SessionContext,
+    sql: &str,
+    path: &std::path::Path,
+    temp: &std::path::Path,
+    service: &ScoringService,
+) -> Result<u64> {
+    let location = temp.to_str().context("output path is not UTF-8")?;
     let df = ctx.sql(sql).await?;
     let options = DataFrameWriteOptions::new().with_single_file_output(true);
     let written = match TableFormat::of_path(path) {
@@ -225,8 +327,7 @@ async fn write_query(ctx: &SessionContext, sql: &str, path: &std::path::Path, se
         .filter_map(|b| b.column(0).as_any().downcast_ref::<datafusion::arrow::array::UInt64Array>())
         .map(|a| a.iter().flatten().sum::<u64>())
         .sum();
-    eprintln!("wrote {rows} rows to {}", path.display());
-    Ok(())
+    Ok(rows)
 }
 
 /// Rows scored and tokens/s while statements run, from the service's counters.

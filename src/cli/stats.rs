@@ -89,7 +89,7 @@ pub fn run(args: StatsArgs) -> Result<()> {
         check_writable(path)?;
     }
     let file = args.file.display().to_string();
-    let input = open_input(&args.file, 65_536)?;
+    let input = open_input(&args.file, 65_536, false)?;
     let field = input.schema.field_with_name(&args.column).map_err(|_| {
         let columns: Vec<&str> = input.schema.fields().iter().map(|f| f.name().as_str()).collect();
         anyhow::anyhow!("{file}: no column `{}` (columns: {})", args.column, columns.join(", "))

@@ -1,13 +1,14 @@
 //! Reading an input table as a stream of record batches.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::BufReader;
 use std::path::Path;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use datafusion::arrow::datatypes::SchemaRef;
-use datafusion::arrow::json::reader::{infer_json_schema_from_iterator, infer_json_schema_from_seekable};
+use datafusion::arrow::json::reader::infer_json_schema_from_iterator;
 use datafusion::arrow::json::ReaderBuilder;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -26,6 +27,8 @@ pub struct InputTable {
     pub schema: SchemaRef,
     pub num_rows: Option<usize>,
     pub batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send>,
+    /// Lines that were not rows and were skipped (JSON Lines with `skip_invalid`).
+    pub skipped: Arc<AtomicUsize>,
 }
 
 /// Parquet by extension; JSON files told apart by their first non-blank byte (`[` is an
@@ -39,7 +42,10 @@ fn detect(path: &Path) -> Result<InputFormat> {
     }
 }
 
-pub fn open_input(path: &Path, batch_rows: usize) -> Result<InputTable> {
+/// Opens a table for reading in batches of `batch_rows`. With `skip_invalid`, JSON lines that
+/// are not one JSON object are skipped and counted (`InputTable::skipped`) instead of failing.
+pub fn open_input(path: &Path, batch_rows: usize, skip_invalid: bool) -> Result<InputTable> {
+    let mut skipped = Arc::new(AtomicUsize::new(0));
     let format = detect(path)?;
     let ctx = || format!("reading {}", path.display());
     let (schema, num_rows, batches): (SchemaRef, Option<usize>, Box<dyn Iterator<Item = Result<RecordBatch>> + Send>) =
@@ -58,19 +64,9 @@ pub fn open_input(path: &Path, batch_rows: usize) -> Result<InputTable> {
             // such as 7 and "edge-1") is inferred as a string column, and `coerce_primitive` lets
             // the numbers in it decode as their text instead of failing the file.
             InputFormat::Jsonl => {
-                let mut file = BufReader::new(File::open(path).with_context(ctx)?);
-                let (schema, _) = infer_json_schema_from_seekable(&mut file, None).with_context(ctx)?;
-                file.seek(SeekFrom::Start(0))?;
-                let lines = count_json_lines(path)?;
-                let schema = Arc::new(schema);
-                let reader = ReaderBuilder::new(schema.clone())
-                    .with_batch_size(batch_rows)
-                    .with_coerce_primitive(true)
-                    .build(file)
-                    .with_context(ctx)?;
-                let p = path.to_path_buf();
-                let it = reader.map(move |b| b.with_context(|| format!("reading {}", p.display())));
-                (schema, Some(lines), Box::new(it))
+                let table = super::jsonl::open(path, batch_rows, skip_invalid)?;
+                skipped = table.skipped;
+                (table.schema, Some(table.rows), table.batches)
             }
             InputFormat::JsonArray => {
                 let file = BufReader::new(File::open(path).with_context(ctx)?);
@@ -99,16 +95,5 @@ pub fn open_input(path: &Path, batch_rows: usize) -> Result<InputTable> {
                 (schema, Some(n), Box::new(it))
             }
         };
-    Ok(InputTable { schema, num_rows, batches })
-}
-
-fn count_json_lines(path: &Path) -> Result<usize> {
-    let reader = BufReader::new(File::open(path)?);
-    let mut n = 0;
-    for line in reader.lines() {
-        if !line?.trim().is_empty() {
-            n += 1;
-        }
-    }
-    Ok(n)
+    Ok(InputTable { schema, num_rows, batches, skipped })
 }

@@ -3,7 +3,9 @@
 
 pub mod columns;
 pub mod input;
+pub mod jsonl;
 pub mod output;
+pub mod paths;
 
 pub use columns::{ColumnNames, SftColumns};
 pub use input::{open_input, InputTable};

@@ -1,5 +1,7 @@
-//! Writing the scored table. Output goes to `<file>.partial` and is renamed into place only
-//! when complete, so a failed run never leaves a truncated file that looks finished.
+//! Writing the scored table. Output goes to a temporary name unique to this run, next to the
+//! target, and is renamed into place only when complete: a failed or killed run never leaves a
+//! truncated file that looks finished, never touches an existing target, and two runs never
+//! write into each other's files.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -52,9 +54,8 @@ impl OutputWriter {
     /// `metadata` becomes Parquet key-value metadata (ignored for JSON).
     pub fn create(path: &Path, schema: SchemaRef, metadata: Vec<(String, String)>) -> Result<Self> {
         let format = OutputFormat::from_path(path)?;
-        let mut partial = path.as_os_str().to_owned();
-        partial.push(".partial");
-        let partial = PathBuf::from(partial);
+        super::paths::remove_stale_temps(path);
+        let partial = super::paths::temp_sibling(path);
         let file = File::create(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
         let sink = match format {
             OutputFormat::Jsonl => {
@@ -100,8 +101,7 @@ impl OutputWriter {
                 w.close().with_context(ctx)?;
             }
         }
-        std::fs::rename(&self.partial, &self.path)
-            .with_context(|| format!("moving {} to {}", self.partial.display(), self.path.display()))
+        super::paths::replace_with(&self.partial, &self.path)
     }
 
     /// Removes the partial file after a failure.

@@ -11,6 +11,9 @@ use super::ModelBatch;
 #[derive(Debug, Clone, Deserialize)]
 pub struct LlamaConfig {
     pub vocab_size: usize,
+    /// Positions the model was trained for; longer prompts are refused (see `Engine::load`).
+    #[serde(default)]
+    pub max_position_embeddings: Option<usize>,
     pub hidden_size: usize,
     pub intermediate_size: usize,
     pub num_hidden_layers: usize,

@@ -111,6 +111,14 @@ impl ArchConfig {
         }
     }
 
+    /// `max_position_embeddings`, when config.json gives it.
+    pub fn max_positions(&self) -> Option<usize> {
+        match self {
+            ArchConfig::Llama(c) => c.max_position_embeddings,
+            ArchConfig::Qwen3(c) => c.max_position_embeddings,
+        }
+    }
+
     pub fn vocab_size(&self) -> usize {
         match self {
             ArchConfig::Llama(c) => c.vocab_size,

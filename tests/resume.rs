@@ -1,0 +1,251 @@
+//! Crash safety: the score store makes a rerun after a kill -9 (at any point) or a Ctrl-C run
+//! the model only on rows it never scored, with output identical to an uninterrupted run's;
+//! outputs are never lost or mixed up on the way.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn tiny_llama() -> String {
+    p(&model_dir("tiny-llama")).to_string()
+}
+
+fn sample() -> PathBuf {
+    repo().join("sample_data/sft_sample.parquet")
+}
+
+fn spawn(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_skyscore"))
+        .args(args)
+        .env_remove("HF_HUB_OFFLINE")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start skyscore")
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn score_args<'a>(out: &'a Path, store: &'a Path, stats: &'a Path, model: &'a str, input: &'a Path) -> Vec<&'a str> {
+    vec![
+        "score",
+        "--model",
+        model,
+        "--input",
+        p(input),
+        "--output",
+        p(out),
+        "--store",
+        p(store),
+        "--stats-json",
+        p(stats),
+        "--no-progress",
+    ]
+}
+
+/// Files in `dir` named like skyscore's temporary outputs.
+fn temporary_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".skyscore-"))
+        .collect()
+}
+
+#[test]
+fn score_resumes_after_kill_9_with_identical_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_llama();
+    let input = sample();
+    // The uninterrupted run, without a store.
+    let (full, full_stats) = (dir.path().join("full.jsonl"), dir.path().join("full.json"));
+    let run = skyscore(&[
+        "score",
+        "--model",
+        &model,
+        "--input",
+        p(&input),
+        "--output",
+        p(&full),
+        "--no-store",
+        "--stats-json",
+        p(&full_stats),
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let full_bytes = std::fs::read(&full).unwrap();
+    let full_s = json(&full_stats)["wall_s"].as_f64().unwrap();
+
+    let mut kept_somewhere = false;
+    for (k, fraction) in [0.1, 0.4, 0.7].into_iter().enumerate() {
+        let store = dir.path().join(format!("store-{k}.redb"));
+        let (out, stats) = (dir.path().join(format!("out-{k}.jsonl")), dir.path().join(format!("s-{k}.json")));
+        let mut child = spawn(&score_args(&out, &store, &stats, &model, &input));
+        std::thread::sleep(Duration::from_secs_f64(full_s * fraction));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert!(!out.exists(), "a killed run leaves no output that looks finished");
+
+        let rerun = skyscore(&score_args(&out, &store, &stats, &model, &input));
+        assert!(rerun.status.success(), "{}", stderr(&rerun));
+        assert_eq!(std::fs::read(&out).unwrap(), full_bytes, "kill at {fraction}: output differs");
+        let s = json(&stats);
+        let (model_rows, from_store) = (s["model_rows"].as_u64().unwrap(), s["store_hits"].as_u64().unwrap());
+        assert_eq!(model_rows + from_store, 320, "{s}");
+        // How far a run gets before the kill depends on the machine's load; at least one of
+        // the later kill points must have committed batches.
+        kept_somewhere |= from_store > 0;
+        assert!(
+            temporary_files(dir.path()).is_empty(),
+            "stale temporary files are cleaned: {:?}",
+            temporary_files(dir.path())
+        );
+        // The store opens cleanly and holds every row now: a third run scores nothing.
+        let third = skyscore(&score_args(&out, &store, &stats, &model, &input));
+        assert!(third.status.success());
+        assert_eq!(json(&stats)["model_rows"], 0);
+        assert_eq!(std::fs::read(&out).unwrap(), full_bytes);
+    }
+    assert!(kept_somewhere, "the killed runs' scores were kept and reused");
+}
+
+#[test]
+fn sql_copy_resumes_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_llama();
+    let table = format!("sft={}", p(&sample()));
+    let copy = |target: &Path| {
+        format!(
+            "COPY (SELECT id, skywork_score(instruction, input, output) AS score FROM sft ORDER BY id) TO '{}' STORED AS PARQUET",
+            p(target)
+        )
+    };
+    let store = dir.path().join("store.redb");
+    let (full, out) = (dir.path().join("full.parquet"), dir.path().join("out.parquet"));
+    let run = skyscore(&["sql", "--model", &model, "-t", &table, "--no-store", &copy(&full)]);
+    assert!(run.status.success(), "{}", stderr(&run));
+
+    let sql = copy(&out);
+    let args = ["sql", "--model", &model, "-t", &table, "--store", p(&store), "--no-progress", &sql];
+    let mut child = spawn(&args);
+    std::thread::sleep(Duration::from_secs(3));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.exists(), "no half-written target");
+    let stats = dir.path().join("s.json");
+    let mut rerun_args = args.to_vec();
+    rerun_args.extend(["--stats-json", p(&stats)]);
+    let rerun = skyscore(&rerun_args);
+    assert!(rerun.status.success(), "{}", stderr(&rerun));
+    assert_eq!(read_id_scores(&out), read_id_scores(&full));
+    let s = json(&stats);
+    assert_eq!(s["model_rows"].as_u64().unwrap() + s["store_hits"].as_u64().unwrap(), 320, "{s}");
+    assert!(temporary_files(dir.path()).is_empty());
+}
+
+fn read_id_scores(path: &Path) -> Vec<(i64, f32)> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{Float32Type, Int64Type};
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap().build().unwrap();
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let ids = batch.column(0).as_primitive::<Int64Type>();
+        let scores = batch.column(1).as_primitive::<Float32Type>();
+        out.extend((0..batch.num_rows()).map(|i| (ids.value(i), scores.value(i))));
+    }
+    out
+}
+
+/// Sends `signal` to a running child (through kill(1): no libc in the tests).
+fn signal(child: &Child, signal: &str) {
+    let ok = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap().success();
+    assert!(ok);
+}
+
+fn wait_with_output(child: Child, limit: Duration) -> Output {
+    let started = Instant::now();
+    let output = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < limit, "stopped in time");
+    output
+}
+
+#[test]
+fn ctrl_c_and_sigterm_stop_cleanly_and_say_how_to_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_llama();
+    let input = sample();
+    for (sig, code) in [("-INT", 130), ("-TERM", 143)] {
+        let store = dir.path().join(format!("store{sig}.redb"));
+        let (out, stats) = (dir.path().join(format!("out{sig}.jsonl")), dir.path().join("s.json"));
+        // An earlier result at the target stays as it was until a complete one replaces it.
+        std::fs::write(&out, "earlier result\n").unwrap();
+        let child = spawn(&score_args(&out, &store, &stats, &model, &input));
+        std::thread::sleep(Duration::from_secs(2));
+        signal(&child, sig);
+        let output = wait_with_output(child, Duration::from_secs(30));
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{err}");
+        assert!(err.contains("run the same command again to resume"), "{err}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "earlier result\n");
+        assert!(temporary_files(dir.path()).is_empty(), "{:?}", temporary_files(dir.path()));
+        let rerun = skyscore(&score_args(&out, &store, &stats, &model, &input));
+        assert!(rerun.status.success(), "{}", stderr(&rerun));
+        assert!(json(&stats)["store_hits"].as_u64().unwrap() > 0, "what ran before the signal was kept");
+    }
+}
+
+#[test]
+fn two_processes_share_one_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_llama();
+    let input = sample();
+    let store = dir.path().join("shared.redb");
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let (sa, sb) = (dir.path().join("a.json"), dir.path().join("b.json"));
+    let first = spawn(&score_args(&a, &store, &sa, &model, &input));
+    let second = spawn(&score_args(&b, &store, &sb, &model, &input));
+    for child in [first, second] {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    }
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let info = skyscore(&["store", "info", "--store", p(&store)]);
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(text.contains(": 320 scores"), "{text}");
+}
+
+#[test]
+fn identical_rows_run_the_model_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("same.jsonl");
+    let line = "{\"instruction\": \"Say hi.\", \"input\": \"\", \"output\": \"Hi!\"}\n";
+    std::fs::write(&input, line.repeat(500)).unwrap();
+    let (out, stats) = (dir.path().join("o.jsonl"), dir.path().join("s.json"));
+    let run = skyscore(&[
+        "score",
+        "--model",
+        &tiny_llama(),
+        "--input",
+        p(&input),
+        "--output",
+        p(&out),
+        "--stats-json",
+        p(&stats),
+        "--chunk-rows",
+        "128",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let s = json(&stats);
+    assert_eq!(s["model_rows"], 1, "{s}");
+    assert_eq!(s["store_hits"].as_u64().unwrap() + s["duplicate_rows"].as_u64().unwrap(), 499, "{s}");
+    let scores: Vec<f64> = read_jsonl::<serde_json::Value>(&out).iter().map(|l| l["score"].as_f64().unwrap()).collect();
+    assert_eq!(scores.len(), 500);
+    assert!(scores.iter().all(|&x| x == scores[0]));
+}
