@@ -197,21 +197,6 @@ fn tidy_signature_error(message: &str) -> String {
     format!("Error during planning: {}", rest[..end].trim_end_matches('.'))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::tidy_signature_error;
-
-    #[test]
-    fn signature_errors_show_our_message() {
-        let df = "Error during planning: Internal error: Function 'skywork_score' failed to match any signature, errors: Execution error: Function 'skywork_score' user-defined coercion failed with: Error during planning: skywork_score takes (instruction, input, output) or (instruction, output), got 1 arguments,Error during planning: Function 'skywork_score' expects 3 arguments but received 1.\nThis issue was likely caused by a bug in DataFusion's code.";
-        assert_eq!(
-            tidy_signature_error(df),
-            "Error during planning: skywork_score takes (instruction, input, output) or (instruction, output), got 1 arguments"
-        );
-        assert_eq!(tidy_signature_error("table 'x' not found"), "table 'x' not found");
-    }
-}
-
 /// Whether one of the statements is a `COPY` whose query runs the model. Statements that
 /// cannot be planned yet (a table an earlier statement creates) count as "maybe": loading
 /// the model early costs nothing that the statement would not spend anyway.
@@ -371,5 +356,20 @@ impl ProgressTicker {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tidy_signature_error;
+
+    #[test]
+    fn signature_errors_show_our_message() {
+        let df = "Error during planning: Internal error: Function 'skywork_score' failed to match any signature, errors: Execution error: Function 'skywork_score' user-defined coercion failed with: Error during planning: skywork_score takes (instruction, input, output) or (instruction, output), got 1 arguments,Error during planning: Function 'skywork_score' expects 3 arguments but received 1.\nThis issue was likely caused by a bug in DataFusion's code.";
+        assert_eq!(
+            tidy_signature_error(df),
+            "Error during planning: skywork_score takes (instruction, input, output) or (instruction, output), got 1 arguments"
+        );
+        assert_eq!(tidy_signature_error("table 'x' not found"), "table 'x' not found");
     }
 }
