@@ -27,7 +27,7 @@ for model in sample_data/models/tiny-llama "$WORK/llama-bench"; do
   tag=$(basename "$model")
   echo "== $tag, $ROWS rows, $(nproc) cores"
   run "skyscore-$tag" "$BIN" score --model "$model" --input "$WORK/rows.jsonl" --output "$WORK/sky-$tag.jsonl" \
-    --stats-json "$WORK/sky-$tag.stats.json" --no-progress
+    --stats-json "$WORK/sky-$tag.stats.json" --no-progress --no-store
   run "python-input-order-$tag" "$PY" tests/reference/reference_score.py --model "$model" \
     --input "$WORK/rows.jsonl" --output "$WORK/py-$tag.jsonl"
   run "python-sorted-$tag" "$PY" tests/reference/reference_score.py --model "$model" \

@@ -15,7 +15,7 @@ IN="$WORK/large-$ROWS.parquet"
 OUT="$WORK/large-$ROWS-scored.parquet"
 [ -f "$IN" ] || "$PY" bench/make_large_table.py --rows "$ROWS" --out "$IN"
 rm -f "$OUT"
-/usr/bin/time -v "$BIN" sql --model sample_data/models/tiny-llama --max-length "$MAX_LENGTH" --no-progress \
+/usr/bin/time -v "$BIN" sql --model sample_data/models/tiny-llama --max-length "$MAX_LENGTH" --no-progress --no-store \
   --stats-json "$WORK/large-$ROWS.stats.json" -t sft="$IN" \
   "COPY (SELECT *, skywork_score(instruction, input, output) AS score FROM sft) TO '$OUT' STORED AS PARQUET" \
   2> "$WORK/large-$ROWS.time" >/dev/null

@@ -19,7 +19,7 @@ for model in tiny-llama tiny-qwen3; do
   for dtype in f32 bf16; do
     "$cpu_target/debug/skyscore" score --model "sample_data/models/$model" \
       --input tests/fixtures/parity_rows.jsonl --output "dist/cpu-scores/$model.$dtype.jsonl" \
-      --dtype "$dtype" --no-progress
+      --dtype "$dtype" --no-progress --no-store
   done
 done
 

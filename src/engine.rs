@@ -56,6 +56,10 @@ pub struct EngineOptions {
     pub store: Option<PathBuf>,
     /// How long to wait for a store another program holds exclusively before running without it.
     pub store_wait: Duration,
+    /// Most bytes one CPU forward pass may use for its activations (`None`: no limit). Batches
+    /// are cut to fit, and a row that cannot fit alone is refused as a row error before
+    /// anything is allocated.
+    pub max_memory: Option<u64>,
 }
 
 impl Default for EngineOptions {
@@ -70,6 +74,7 @@ impl Default for EngineOptions {
             chunk_rows: None,
             store: None,
             store_wait: crate::store::DEFAULT_WAIT,
+            max_memory: None,
         }
     }
 }
@@ -146,7 +151,12 @@ pub struct Engine {
     limits: BatchLimits,
     options: EngineOptions,
     store: Option<StoreHandle>,
+    /// Estimated activation bytes per token of a batch (f32), for the memory limit.
+    bytes_per_token: u64,
 }
+
+/// Attention scores computed at once are bounded by the blocked attention (64M f32 scores).
+const ATTENTION_BLOCK_BYTES: u64 = 256 << 20;
 
 impl Engine {
     /// Loads `model` (a checkpoint directory or a hub id `owner/name[@revision]`).
@@ -214,6 +224,13 @@ impl Engine {
         }
 
         let max_rows = if opts.on_gpu() { usize::MAX } else { opts.batch_size };
+        let bytes_per_token = (checkpoint.arch.activation_elements_per_token() * 4) as u64;
+        let max_tokens = match opts.max_memory.filter(|_| !opts.on_gpu()) {
+            Some(limit) => {
+                max_tokens.min((limit.saturating_sub(ATTENTION_BLOCK_BYTES) / bytes_per_token).max(1) as usize)
+            }
+            None => max_tokens,
+        };
         let mut engine = Self {
             checkpoint,
             replicas,
@@ -222,6 +239,7 @@ impl Engine {
             limits: BatchLimits { max_rows, max_tokens },
             options: opts.clone(),
             store: None,
+            bytes_per_token,
         };
         if let Some(path) = &opts.store {
             engine.store = engine.open_store(path)?;
@@ -396,11 +414,27 @@ impl Engine {
                 if encoded.ids.is_empty() {
                     return Err("the prompt tokenizes to no tokens".to_string());
                 }
+                self.check_memory(encoded.ids.len())?;
                 Ok(encoded)
             })
             .collect();
         drop(conversations);
         Ok(PreparedChunk { chunk, slots, todo_keys, todo, stats })
+    }
+
+    /// Refuses a row whose forward pass alone would need more memory than `--max-memory`.
+    fn check_memory(&self, tokens: usize) -> Result<(), String> {
+        let Some(limit) = self.options.max_memory.filter(|_| !self.options.on_gpu()) else { return Ok(()) };
+        let need = tokens as u64 * self.bytes_per_token + ATTENTION_BLOCK_BYTES;
+        if need > limit {
+            return Err(format!(
+                "its {tokens} tokens need about {:.1} GB to score, over the memory limit of {:.1} GB (--max-memory); \
+                 lower --max-length",
+                need as f64 / 1e9,
+                limit as f64 / 1e9
+            ));
+        }
+        Ok(())
     }
 
     /// Runs the distinct rows that tokenized through the model, committing each device batch's

@@ -154,3 +154,25 @@ fn logs_on_a_pipe_have_no_colour_codes() {
     assert!(stderr(&run).contains("model loaded"), "logging is on");
     assert!(!stderr(&run).contains('\u{1b}'), "no ANSI escapes in redirected logs");
 }
+
+#[test]
+fn a_row_too_long_for_the_memory_limit_is_refused_before_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "word ".repeat(3000);
+    let text = format!(
+        "{{\"id\": 0, \"instruction\": \"short\", \"output\": \"ok\"}}\n{{\"id\": 1, \"instruction\": \"{long}\", \"output\": \"x\"}}\n"
+    );
+    let input = write(dir.path(), "d.jsonl", &text);
+    let out = dir.path().join("o.jsonl");
+    // The tiny model needs ~4 KB of activations per token, plus 256 MiB for attention blocks:
+    // 0.3 GB leaves room for ~8,000 tokens (the long row has ~3,000), 0.27 GB for ~390.
+    let model = tiny_llama();
+    let run_with = |limit: &str| {
+        skyscore(&["score", "--model", &model, "--input", p(&input), "--output", p(&out), "--max-memory", limit])
+    };
+    let run = run_with("0.3");
+    assert!(run.status.success(), "{}", stderr(&run));
+    let run = run_with("0.27");
+    fails_with(&run, "row 1 (id 1): its");
+    assert!(stderr(&run).contains("over the memory limit of 0.3 GB (--max-memory)"), "{}", stderr(&run));
+}

@@ -84,8 +84,9 @@ def max_delta(a, b):
 
 def skyscore(model, rows, out, *extra):
     stats = out.with_suffix(".stats.json")
+    # --no-store: every run measures the model, not the score store of an earlier run.
     sh([BIN, "score", "--model", model, "--input", rows, "--output", out, "--stats-json", stats, "--no-progress",
-        *extra])
+        "--no-store", *extra])
     return json.loads(stats.read_text())
 
 
@@ -143,7 +144,7 @@ def parity_fixtures():
     # The SQL path (UDF, batching service, pipelined tokenization) on the device, f32.
     out = WORK / "gpu-sql-tiny-llama.jsonl"
     sh([BIN, "sql", "--model", ROOT / "sample_data/models/tiny-llama", "-t",
-        f"sft={ROOT / 'sample_data/sft_sample.parquet'}", "--output", out, "--device", DEVICE, "--dtype", "f32",
+        f"sft={ROOT / 'sample_data/sft_sample.parquet'}", "--output", out, "--device", DEVICE, "--dtype", "f32", "--no-store",
         "SELECT id, skywork_score(instruction, input, output) AS score FROM sft"])
     sql = read_scores(out)
     hf = read_scores(ROOT / "tests/fixtures/expected/tiny-llama.full.jsonl")

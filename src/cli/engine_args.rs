@@ -56,6 +56,11 @@ pub struct EngineArgs {
     /// Neither read nor write the score store.
     #[arg(long)]
     pub no_store: bool,
+    /// Memory one CPU forward pass may use, in GB: batches are cut to fit, and a row too long
+    /// to fit alone is refused (or skipped with --skip-invalid) before anything is allocated.
+    /// [default: 80% of the machine's memory]
+    #[arg(long, value_name = "GB")]
+    pub max_memory: Option<f64>,
 }
 
 /// The model to load and how to run it.
@@ -98,8 +103,17 @@ impl EngineArgs {
                 devices,
                 dtype,
                 store: self.store_path(),
+                max_memory: self.max_memory.map(|gb| (gb * 1e9) as u64).or_else(default_max_memory),
                 ..Default::default()
             },
         })
     }
+}
+
+/// 80% of the machine's memory (Linux: MemTotal of /proc/meminfo); elsewhere no limit.
+fn default_max_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 =
+        text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024 / 10 * 8)
 }

@@ -125,6 +125,18 @@ impl ArchConfig {
             ArchConfig::Qwen3(c) => c.vocab_size,
         }
     }
+
+    /// Working memory of the forward pass per token of a batch, in elements: the hidden states
+    /// one layer holds at once (residual, normed input, q/k/v, attention output: ~8 × hidden)
+    /// and the MLP's gate, up and product (3 × intermediate). Layers run one after another,
+    /// so this does not grow with depth; attention scores are bounded separately.
+    pub fn activation_elements_per_token(&self) -> usize {
+        let (hidden, intermediate) = match self {
+            ArchConfig::Llama(c) => (c.hidden_size, c.intermediate_size),
+            ArchConfig::Qwen3(c) => (c.hidden_size, c.intermediate_size),
+        };
+        8 * hidden + 3 * intermediate
+    }
 }
 
 impl RewardModel {

@@ -7,8 +7,9 @@ use datafusion::arrow::array::{
     Array, ArrayRef, AsArray, Float32Array, LargeStringArray, StringArray, StringViewArray,
 };
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::{exec_err, plan_err, Result, ScalarValue};
+use datafusion::common::{exec_datafusion_err, exec_err, plan_err, DataFusionError, Result, ScalarValue};
 use datafusion::logical_expr::ColumnarValue;
+use skyscore_core::ScorerError;
 
 /// One string argument of a UDF call.
 pub enum StrArg<'a> {
@@ -70,6 +71,27 @@ pub fn coerce_string_args(function: &str, names: &[&str], arg_types: &[DataType]
             other => plan_err!("{function}: argument `{name}` must be a string, got {other}"),
         })
         .collect()
+}
+
+/// The error of a call whose row could not be scored, in the batch's own row numbers (rows
+/// with NULL arguments are not sent to the scorer, so its numbers differ) and with the start of
+/// the row's text, since SQL has no row id to show.
+pub fn score_error(
+    function: &str,
+    rows: &[usize],
+    first_text: impl Fn(usize) -> String,
+    e: ScorerError,
+) -> DataFusionError {
+    match e {
+        ScorerError::Row { row, reason } => {
+            let text: String = first_text(row).chars().take(60).collect();
+            exec_datafusion_err!(
+                "{function}: row {} of its batch (\"{text}…\"): {reason}",
+                rows.get(row).copied().unwrap_or(row)
+            )
+        }
+        other => exec_datafusion_err!("{function}: {other}"),
+    }
 }
 
 /// The UDF result: `scores[k]` belongs to row `rows[k]`; every other row is NULL. A call whose

@@ -5,7 +5,7 @@ use std::sync::{Arc, LazyLock};
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::types::logical_string;
-use datafusion::common::{exec_datafusion_err, plan_err, Result};
+use datafusion::common::{plan_err, Result};
 use datafusion::logical_expr::{
     Coercion, ColumnarValue, DocSection, Documentation, ScalarFunctionArgs, ScalarUDFImpl, Signature, TypeSignature,
     TypeSignatureClass, Volatility,
@@ -13,7 +13,7 @@ use datafusion::logical_expr::{
 
 use skyscore_core::{Conversation, ScoreRequest};
 
-use crate::args::{coerce_string_args, scores_to_columnar, StrArg};
+use crate::args::{coerce_string_args, score_error, scores_to_columnar, StrArg};
 use crate::service::ScoringService;
 
 pub const NAME: &str = "skywork_score";
@@ -115,7 +115,8 @@ impl ScalarUDFImpl for SkyworkScore {
                 conversations.push(ScoreRequest::new(ins, input.get(i), out).conversation());
             }
         }
-        let scores = self.service.score(NAME, conversations).map_err(|e| exec_datafusion_err!("{NAME}: {e}"))?;
+        let first_text = |k: usize| instruction.get(rows[k]).unwrap_or_default().to_string();
+        let scores = self.service.score(NAME, conversations).map_err(|e| score_error(NAME, &rows, first_text, e))?;
         Ok(scores_to_columnar(n, &rows, scores, all_scalar))
     }
 
@@ -182,7 +183,10 @@ mod tests {
         let col = |v: Vec<&str>| ColumnarValue::Array(Arc::new(StringArray::from(v)) as ArrayRef);
         let args = vec![col(vec!["a", "b", "c"]), col(vec!["x", FakeScorer::BAD, "z"])];
         let err = invoke(&udf, args, 3).unwrap_err().to_string();
-        assert!(err.contains("skywork_score: row 1: the chat template failed to render"), "{err}");
+        assert!(
+            err.contains("skywork_score: row 1 of its batch (\"b…\"): the chat template failed to render"),
+            "{err}"
+        );
     }
 
     #[test]

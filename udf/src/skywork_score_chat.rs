@@ -15,7 +15,7 @@ use datafusion::logical_expr::{
 
 use skyscore_core::{ChatTurn, Conversation};
 
-use crate::args::{scores_to_columnar, StrArg};
+use crate::args::{score_error, scores_to_columnar, StrArg};
 use crate::service::ScoringService;
 use crate::skywork_score::DOC_SECTION;
 
@@ -125,7 +125,13 @@ impl ScalarUDFImpl for SkyworkScoreChat {
                 conversations.push(conv);
             }
         }
-        let scores = self.service.score(NAME, conversations).map_err(|e| exec_datafusion_err!("{NAME}: {e}"))?;
+        // The start of each conversation, kept to name a row that fails (the turns move on).
+        let texts: Vec<String> = conversations
+            .iter()
+            .map(|c| c.first().map(|t| t.content.chars().take(60).collect()).unwrap_or_default())
+            .collect();
+        let first_text = |k: usize| texts.get(k).cloned().unwrap_or_default();
+        let scores = self.service.score(NAME, conversations).map_err(|e| score_error(NAME, &rows, first_text, e))?;
         Ok(scores_to_columnar(n, &rows, scores, scalar))
     }
 
