@@ -112,6 +112,54 @@ pub fn causal_mask(seq_len: usize, device: &Device, dtype: DType) -> Result<Tens
     future.where_cond(&neg_inf, &zero)?.reshape((1, 1, seq_len, seq_len))
 }
 
+/// Which positions of a batch a layer computes queries (and everything after attention) for.
+/// Keys and values always cover every position. The last layer only matters at the pooled
+/// token of each row, so it runs its query projection, attention, output projection and MLP on
+/// one position per row instead of all of them (the same numbers, a layer's work saved).
+pub struct QueryRows {
+    /// Rotary tables for the query positions: `[t, d/2]` (all) or `[b, 1, d/2]` (pooled).
+    pub cos: Tensor,
+    pub sin: Tensor,
+    /// Additive mask: `[1, 1, t, t]` causal (all) or `[b, 1, 1, t]` hiding keys after each row's
+    /// pooled token (pooled).
+    pub mask: Tensor,
+    /// `row × t + position` of each pooled token; `None` for all positions.
+    select: Option<Tensor>,
+}
+
+impl QueryRows {
+    pub fn all(cos: &Tensor, sin: &Tensor, mask: Tensor) -> Self {
+        Self { cos: cos.clone(), sin: sin.clone(), mask, select: None }
+    }
+
+    /// Queries at `pooled[row]` of each row; `cos`/`sin` are the `[t, d/2]` tables.
+    pub fn pooled(pooled: &[usize], t: usize, cos: &Tensor, sin: &Tensor) -> Result<Self> {
+        let device = cos.device();
+        let b = pooled.len();
+        let positions = Tensor::from_vec(pooled.iter().map(|&p| p as u32).collect::<Vec<_>>(), b, device)?;
+        let flat: Vec<u32> = pooled.iter().enumerate().map(|(row, &p)| (row * t + p) as u32).collect();
+        let select = Tensor::from_vec(flat, b, device)?;
+        let rope_rows = |table: &Tensor| table.index_select(&positions, 0)?.unsqueeze(1)?.contiguous();
+        let keys = Tensor::arange(0u32, t as u32, device)?.unsqueeze(0)?; // [1, t]
+        let after = keys.broadcast_gt(&positions.unsqueeze(1)?)?; // [b, t]: key j > pooled
+        let neg_inf = Tensor::new(f32::NEG_INFINITY, device)?.to_dtype(cos.dtype())?.broadcast_as((b, t))?;
+        let zero = Tensor::zeros((b, t), cos.dtype(), device)?;
+        let mask = after.where_cond(&neg_inf, &zero)?.reshape((b, 1, 1, t))?;
+        Ok(Self { cos: rope_rows(cos)?, sin: rope_rows(sin)?, mask, select: Some(select) })
+    }
+
+    /// The query rows of `xs` `[b, t, h]`: all of it, or `[b, 1, h]` at the pooled tokens.
+    pub fn select(&self, xs: &Tensor) -> Result<Tensor> {
+        match &self.select {
+            None => Ok(xs.clone()),
+            Some(idx) => {
+                let (b, t, h) = xs.dims3()?;
+                xs.reshape((b * t, h))?.index_select(idx, 0)?.reshape((b, 1, h))
+            }
+        }
+    }
+}
+
 /// Most attention scores held at once, in elements (`b × heads × query rows × keys`): 64M,
 /// 256 MiB in f32. Longer batches are computed a block of query rows at a time, so memory
 /// grows linearly with the sequence instead of quadratically (a 16 × 4096-token batch of an 8B
@@ -231,19 +279,12 @@ pub fn pooled_index(ids: &[u32], pad_token_id: Option<u32>) -> usize {
     }
 }
 
-/// The classification head: final norm and `score` at each row's pooled position, as f32
-/// logits `[b]`. Norming only the pooled rows equals transformers' norm-everything-then-pool.
-pub fn score_pooled(hidden: &Tensor, pooled: &[usize], norm: &RmsNorm, score: &Linear) -> Result<Tensor> {
-    let rows = gather_rows(hidden, pooled)?;
+/// The classification head on the pooled hidden states `[b, 1, h]` (what the last layer
+/// computes): final norm and `score`, as f32 logits `[b]`. Norming only the pooled rows equals
+/// transformers' norm-everything-then-pool.
+pub fn score_rows(pooled_hidden: &Tensor, norm: &RmsNorm, score: &Linear) -> Result<Tensor> {
+    let rows = pooled_hidden.squeeze(1)?;
     score.forward(&norm.forward(&rows)?)?.squeeze(1)?.to_dtype(DType::F32)
-}
-
-/// Gathers `hidden[row, pos[row]]` into `[b, hidden]`.
-pub fn gather_rows(hidden: &Tensor, positions: &[usize]) -> Result<Tensor> {
-    let (b, t, h) = hidden.dims3()?;
-    let flat: Vec<u32> = positions.iter().enumerate().map(|(row, &p)| (row * t + p) as u32).collect();
-    let idx = Tensor::from_vec(flat, b, hidden.device())?;
-    hidden.reshape((b * t, h))?.index_select(&idx, 0)
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{embedding, linear_b, linear_no_bias, Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
-use super::layers::{attention, causal_mask, score_pooled, GatedMlp, RmsNorm, RopeParameters, RotaryEmbedding};
+use super::layers::{
+    attention, causal_mask, score_rows, GatedMlp, QueryRows, RmsNorm, RopeParameters, RotaryEmbedding,
+};
 use super::ModelBatch;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -81,19 +83,22 @@ impl Attention {
         })
     }
 
-    fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// `xs` `[b, t, h]` gives keys and values; queries come from the rows `queries` selects.
+    fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, queries: &QueryRows) -> Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
+        let xq = queries.select(xs)?;
+        let tq = xq.dim(1)?;
         // Qwen3 normalises each head's q and k before the rotary embedding.
-        let q = self.q_norm.forward(&self.q_proj.forward(xs)?.reshape((b, t, self.heads, self.head_dim))?)?;
+        let q = self.q_norm.forward(&self.q_proj.forward(&xq)?.reshape((b, tq, self.heads, self.head_dim))?)?;
         let k = self.k_norm.forward(&self.k_proj.forward(xs)?.reshape((b, t, self.kv_heads, self.head_dim))?)?;
         let v = self.v_proj.forward(xs)?.reshape((b, t, self.kv_heads, self.head_dim))?;
         let q = q.transpose(1, 2)?.contiguous()?;
         let k = k.transpose(1, 2)?.contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let q = candle_nn::rotary_emb::rope(&q, &queries.cos, &queries.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-        let out = attention(&q, &k, &v, mask, 1.0 / (self.head_dim as f64).sqrt())?;
-        let out = out.transpose(1, 2)?.reshape((b, t, self.heads * self.head_dim))?;
+        let out = attention(&q, &k, &v, &queries.mask, 1.0 / (self.head_dim as f64).sqrt())?;
+        let out = out.transpose(1, 2)?.reshape((b, tq, self.heads * self.head_dim))?;
         self.o_proj.forward(&out)
     }
 }
@@ -120,9 +125,10 @@ impl DecoderLayer {
         })
     }
 
-    fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let h = self.self_attn.forward(&self.input_layernorm.forward(xs)?, cos, sin, mask)?;
-        let xs = (xs + h)?;
+    /// The layer's output at the rows `queries` selects (`[b, t, h]`, or `[b, 1, h]` pooled).
+    fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, queries: &QueryRows) -> Result<Tensor> {
+        let h = self.self_attn.forward(&self.input_layernorm.forward(xs)?, cos, sin, queries)?;
+        let xs = (queries.select(xs)? + h)?;
         let h = self.mlp.forward(&self.post_attention_layernorm.forward(&xs)?)?;
         xs + h
     }
@@ -160,10 +166,16 @@ impl Qwen3ForSequenceClassification {
         let (_, t) = batch.input_ids.dims2()?;
         let mut xs = self.embed_tokens.forward(&batch.input_ids)?;
         let (cos, sin) = self.rope.tables(t, xs.device(), xs.dtype())?;
-        let mask = causal_mask(t, xs.device(), xs.dtype())?;
-        for layer in &self.layers {
-            xs = layer.forward(&xs, &cos, &sin, &mask)?;
+        let all = QueryRows::all(&cos, &sin, causal_mask(t, xs.device(), xs.dtype())?);
+        let Some((last, layers)) = self.layers.split_last() else {
+            candle_core::bail!("the checkpoint has no decoder layers");
+        };
+        for layer in layers {
+            xs = layer.forward(&xs, &cos, &sin, &all)?;
         }
-        score_pooled(&xs, &batch.pooled, &self.norm, &self.score)
+        // Only the pooled token's output is scored: the last layer computes nothing else.
+        let pooled = QueryRows::pooled(&batch.pooled, t, &cos, &sin)?;
+        let xs = last.forward(&xs, &cos, &sin, &pooled)?;
+        score_rows(&xs, &self.norm, &self.score)
     }
 }
