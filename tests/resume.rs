@@ -18,6 +18,30 @@ fn sample() -> PathBuf {
     repo().join("sample_data/sft_sample.parquet")
 }
 
+/// The sample rows six times over, each copy made distinct (the store would answer repeats):
+/// 1,920 rows, long enough for a kill to land in the middle of the run.
+fn big_input(dir: &Path) -> PathBuf {
+    let rows = std::fs::read_to_string(repo().join("sample_data/sft_sample.jsonl")).unwrap();
+    let mut out = String::new();
+    let mut id = 0;
+    for copy in 0..6 {
+        for line in rows.lines().filter(|l| !l.trim().is_empty()) {
+            let mut row: serde_json::Value = serde_json::from_str(line).unwrap();
+            row["id"] = id.into();
+            let instruction = format!("{} (#{copy})", row["instruction"].as_str().unwrap());
+            row["instruction"] = instruction.into();
+            out.push_str(&row.to_string());
+            out.push('\n');
+            id += 1;
+        }
+    }
+    let path = dir.join("big.jsonl");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+const BIG_ROWS: u64 = 1920;
+
 fn spawn(args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_skyscore"))
         .args(args)
@@ -62,7 +86,7 @@ fn temporary_files(dir: &Path) -> Vec<String> {
 fn score_resumes_after_kill_9_with_identical_output() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_llama();
-    let input = sample();
+    let input = big_input(dir.path());
     // The uninterrupted run, without a store.
     let (full, full_stats) = (dir.path().join("full.jsonl"), dir.path().join("full.json"));
     let run = skyscore(&[
@@ -82,7 +106,7 @@ fn score_resumes_after_kill_9_with_identical_output() {
     let full_s = json(&full_stats)["wall_s"].as_f64().unwrap();
 
     let mut kept_somewhere = false;
-    for (k, fraction) in [0.1, 0.4, 0.7].into_iter().enumerate() {
+    for (k, fraction) in [0.15, 0.5].into_iter().enumerate() {
         let store = dir.path().join(format!("store-{k}.redb"));
         let (out, stats) = (dir.path().join(format!("out-{k}.jsonl")), dir.path().join(format!("s-{k}.json")));
         let mut child = spawn(&score_args(&out, &store, &stats, &model, &input));
@@ -96,7 +120,7 @@ fn score_resumes_after_kill_9_with_identical_output() {
         assert_eq!(std::fs::read(&out).unwrap(), full_bytes, "kill at {fraction}: output differs");
         let s = json(&stats);
         let (model_rows, from_store) = (s["model_rows"].as_u64().unwrap(), s["store_hits"].as_u64().unwrap());
-        assert_eq!(model_rows + from_store, 320, "{s}");
+        assert_eq!(model_rows + from_store, BIG_ROWS, "{s}");
         // How far a run gets before the kill depends on the machine's load; at least one of
         // the later kill points must have committed batches.
         kept_somewhere |= from_store > 0;
@@ -118,7 +142,7 @@ fn score_resumes_after_kill_9_with_identical_output() {
 fn sql_copy_resumes_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_llama();
-    let table = format!("sft={}", p(&sample()));
+    let table = format!("sft={}", p(&big_input(dir.path())));
     let copy = |target: &Path| {
         format!(
             "COPY (SELECT id, skywork_score(instruction, input, output) AS score FROM sft ORDER BY id) TO '{}' STORED AS PARQUET",
@@ -127,13 +151,15 @@ fn sql_copy_resumes_after_kill_9() {
     };
     let store = dir.path().join("store.redb");
     let (full, out) = (dir.path().join("full.parquet"), dir.path().join("out.parquet"));
+    let started = Instant::now();
     let run = skyscore(&["sql", "--model", &model, "-t", &table, "--no-store", &copy(&full)]);
     assert!(run.status.success(), "{}", stderr(&run));
+    let full_s = started.elapsed().as_secs_f64();
 
     let sql = copy(&out);
     let args = ["sql", "--model", &model, "-t", &table, "--store", p(&store), "--no-progress", &sql];
     let mut child = spawn(&args);
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs_f64(full_s * 0.5));
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!out.exists(), "no half-written target");
@@ -144,7 +170,7 @@ fn sql_copy_resumes_after_kill_9() {
     assert!(rerun.status.success(), "{}", stderr(&rerun));
     assert_eq!(read_id_scores(&out), read_id_scores(&full));
     let s = json(&stats);
-    assert_eq!(s["model_rows"].as_u64().unwrap() + s["store_hits"].as_u64().unwrap(), 320, "{s}");
+    assert_eq!(s["model_rows"].as_u64().unwrap() + s["store_hits"].as_u64().unwrap(), BIG_ROWS, "{s}");
     assert!(temporary_files(dir.path()).is_empty());
 }
 
@@ -180,14 +206,27 @@ fn wait_with_output(child: Child, limit: Duration) -> Output {
 fn ctrl_c_and_sigterm_stop_cleanly_and_say_how_to_resume() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_llama();
-    let input = sample();
+    let input = big_input(dir.path());
+    let started = Instant::now();
+    let full = skyscore(&[
+        "score",
+        "--model",
+        &model,
+        "--input",
+        p(&input),
+        "--output",
+        p(&dir.path().join("f.jsonl")),
+        "--no-store",
+    ]);
+    assert!(full.status.success(), "{}", stderr(&full));
+    let full_s = started.elapsed().as_secs_f64();
     for (sig, code) in [("-INT", 130), ("-TERM", 143)] {
         let store = dir.path().join(format!("store{sig}.redb"));
         let (out, stats) = (dir.path().join(format!("out{sig}.jsonl")), dir.path().join("s.json"));
         // An earlier result at the target stays as it was until a complete one replaces it.
         std::fs::write(&out, "earlier result\n").unwrap();
         let child = spawn(&score_args(&out, &store, &stats, &model, &input));
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_secs_f64(full_s * 0.5));
         signal(&child, sig);
         let output = wait_with_output(child, Duration::from_secs(30));
         let err = String::from_utf8_lossy(&output.stderr);
