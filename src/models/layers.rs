@@ -245,41 +245,28 @@ impl Module for RmsNorm {
     }
 }
 
-/// The SwiGLU feed-forward block of Llama and Qwen3: `down(silu(gate(x)) · up(x))`. The gate
-/// and up projections are one product with their weights stacked at load (one pass over `x`,
-/// one matmul call instead of two).
+/// The SwiGLU feed-forward block of Llama and Qwen3.
 #[derive(Debug, Clone)]
 pub struct GatedMlp {
-    gate_up: Linear,
+    gate_proj: Linear,
+    up_proj: Linear,
     down_proj: Linear,
-    intermediate: usize,
 }
 
 impl GatedMlp {
     pub fn load(hidden: usize, intermediate: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
-        let weight = |name: &str| vb.pp(name).get((intermediate, hidden), "weight");
-        let stacked = Tensor::cat(&[weight("gate_proj")?, weight("up_proj")?], 0)?;
-        let stacked_bias = match bias {
-            true => Some(Tensor::cat(
-                &[vb.pp("gate_proj").get(intermediate, "bias")?, vb.pp("up_proj").get(intermediate, "bias")?],
-                0,
-            )?),
-            false => None,
-        };
         Ok(Self {
-            gate_up: Linear::new(stacked, stacked_bias),
+            gate_proj: linear_b(hidden, intermediate, bias, vb.pp("gate_proj"))?,
+            up_proj: linear_b(hidden, intermediate, bias, vb.pp("up_proj"))?,
             down_proj: linear_b(intermediate, hidden, bias, vb.pp("down_proj"))?,
-            intermediate,
         })
     }
 }
 
 impl Module for GatedMlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate_up = self.gate_up.forward(xs)?;
-        let gate = gate_up.narrow(D::Minus1, 0, self.intermediate)?;
-        let up = gate_up.narrow(D::Minus1, self.intermediate, self.intermediate)?;
-        self.down_proj.forward(&(candle_nn::ops::silu(&gate)? * up)?)
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(xs)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
     }
 }
 
