@@ -12,8 +12,16 @@ PY="${2:-/var/tmp/skyscore-py/venv/bin/python}"
 WORK=/var/tmp/skyscore-bench
 ROWS="${ROWS:-128}"
 mkdir -p "$WORK" bench/results
+QWEN_ROWS="${QWEN_ROWS:-32}"
 [ -f "$WORK/llama-bench/config.json" ] || "$PY" bench/make_bench_model.py --out "$WORK/llama-bench"
+# The Qwen3-0.6B shape needs the real Qwen3 tokenizer (../shared/tokenizers/qwen3); MODELS=... skips it.
+if [ -z "${MODELS:-}" ] && [ ! -f "$WORK/qwen3-0.6b-shape/config.json" ] && [ -d ../shared/tokenizers/qwen3 ]; then
+  "$PY" bench/make_qwen3_shape.py --out "$WORK/qwen3-0.6b-shape"
+fi
 head -n "$ROWS" sample_data/sft_sample.jsonl > "$WORK/rows.jsonl"
+head -n "$QWEN_ROWS" sample_data/sft_sample.jsonl > "$WORK/rows-qwen.jsonl"
+DEFAULT_MODELS="sample_data/models/tiny-llama $WORK/llama-bench"
+[ -f "$WORK/qwen3-0.6b-shape/config.json" ] && DEFAULT_MODELS="$DEFAULT_MODELS $WORK/qwen3-0.6b-shape"
 
 run() { # name, command...
   local name=$1; shift
@@ -23,15 +31,17 @@ run() { # name, command...
   echo "$name $(echo "$t1 - $t0" | bc)"
 }
 
-for model in sample_data/models/tiny-llama "$WORK/llama-bench"; do
+for model in ${MODELS:-$DEFAULT_MODELS}; do
   tag=$(basename "$model")
-  echo "== $tag, $ROWS rows, $(nproc) cores"
-  run "skyscore-$tag" "$BIN" score --model "$model" --input "$WORK/rows.jsonl" --output "$WORK/sky-$tag.jsonl" \
+  rows="$WORK/rows.jsonl"
+  [ "$tag" = qwen3-0.6b-shape ] && rows="$WORK/rows-qwen.jsonl"
+  echo "== $tag, $(wc -l < "$rows") rows, $(nproc) cores"
+  run "skyscore-$tag" "$BIN" score --model "$model" --input "$rows" --output "$WORK/sky-$tag.jsonl" \
     --stats-json "$WORK/sky-$tag.stats.json" --no-progress --no-store
   run "python-input-order-$tag" "$PY" tests/reference/reference_score.py --model "$model" \
-    --input "$WORK/rows.jsonl" --output "$WORK/py-$tag.jsonl"
+    --input "$rows" --output "$WORK/py-$tag.jsonl"
   run "python-sorted-$tag" "$PY" tests/reference/reference_score.py --model "$model" \
-    --input "$WORK/rows.jsonl" --output "$WORK/pys-$tag.jsonl" --sort-by-length
+    --input "$rows" --output "$WORK/pys-$tag.jsonl" --sort-by-length
   "$PY" - "$WORK" "$tag" <<'PYEOF'
 import json, sys
 work, tag = sys.argv[1], sys.argv[2]
