@@ -153,6 +153,8 @@ pub struct Engine {
     store: Option<StoreHandle>,
     /// Estimated activation bytes per token of a batch (f32), for the memory limit.
     bytes_per_token: u64,
+    /// Scores this engine has committed to the store (what a rerun will not compute again).
+    committed_rows: AtomicUsize,
 }
 
 /// Attention scores computed at once are bounded by the blocked attention (64M f32 scores).
@@ -240,6 +242,7 @@ impl Engine {
             options: opts.clone(),
             store: None,
             bytes_per_token,
+            committed_rows: AtomicUsize::new(0),
         };
         if let Some(path) = &opts.store {
             engine.store = engine.open_store(path)?;
@@ -280,6 +283,11 @@ impl Engine {
         let model: ModelId = digest[..16].try_into().expect("16 bytes");
         store.register_model(&model, &description)?;
         Ok(Some(StoreHandle { store, model }))
+    }
+
+    /// Scores committed to the store by this engine so far.
+    pub fn committed_rows(&self) -> usize {
+        self.committed_rows.load(Ordering::Relaxed)
     }
 
     /// The score store this engine reads and writes, if any.
@@ -466,7 +474,11 @@ impl Engine {
                 .zip(logits)
                 .filter_map(|(&k, &score)| row_score(k, score).map(|r| (keys[valid[k].0], r)))
                 .collect();
-            if let Err(e) = s.store.put_many(&s.model, &rows) {
+            let committed = s.store.put_many(&s.model, &rows);
+            if committed.is_ok() {
+                self.committed_rows.fetch_add(rows.len(), Ordering::Relaxed);
+            }
+            if let Err(e) = committed {
                 if !std::mem::replace(&mut store_failed, true) {
                     tracing::warn!(
                         "cannot write to the score store {}: {e:#}; scores go on without it",

@@ -102,7 +102,6 @@ fn score_resumes_after_kill_9_with_identical_output() {
         p(&full_stats),
     ]);
     assert!(run.status.success(), "{}", stderr(&run));
-    let full_bytes = std::fs::read(&full).unwrap();
     let full_s = json(&full_stats)["wall_s"].as_f64().unwrap();
 
     let mut kept_somewhere = false;
@@ -117,7 +116,7 @@ fn score_resumes_after_kill_9_with_identical_output() {
 
         let rerun = skyscore(&score_args(&out, &store, &stats, &model, &input));
         assert!(rerun.status.success(), "{}", stderr(&rerun));
-        assert_eq!(std::fs::read(&out).unwrap(), full_bytes, "kill at {fraction}: output differs");
+        assert_same_scores(&jsonl_id_scores(&out), &jsonl_id_scores(&full));
         let s = json(&stats);
         let (model_rows, from_store) = (s["model_rows"].as_u64().unwrap(), s["store_hits"].as_u64().unwrap());
         assert_eq!(model_rows + from_store, BIG_ROWS, "{s}");
@@ -133,7 +132,7 @@ fn score_resumes_after_kill_9_with_identical_output() {
         let third = skyscore(&score_args(&out, &store, &stats, &model, &input));
         assert!(third.status.success());
         assert_eq!(json(&stats)["model_rows"], 0);
-        assert_eq!(std::fs::read(&out).unwrap(), full_bytes);
+        assert_same_scores(&jsonl_id_scores(&out), &jsonl_id_scores(&full));
     }
     assert!(kept_somewhere, "the killed runs' scores were kept and reused");
 }
@@ -168,10 +167,21 @@ fn sql_copy_resumes_after_kill_9() {
     rerun_args.extend(["--stats-json", p(&stats)]);
     let rerun = skyscore(&rerun_args);
     assert!(rerun.status.success(), "{}", stderr(&rerun));
-    assert_eq!(read_id_scores(&out), read_id_scores(&full));
+    assert_same_scores(&read_id_scores(&out), &read_id_scores(&full));
     let s = json(&stats);
     assert_eq!(s["model_rows"].as_u64().unwrap() + s["store_hits"].as_u64().unwrap(), BIG_ROWS, "{s}");
     assert!(temporary_files(dir.path()).is_empty());
+}
+
+/// The same rows with the same scores, to f32 rounding: a row's score does not depend on its
+/// batch mates, but the padded width of its batch changes the order of a few f32 sums, and a
+/// resumed run batches the remaining rows differently (seen: ≤ 7.2e-7).
+fn assert_same_scores(resumed: &[(i64, f32)], full: &[(i64, f32)]) {
+    assert_eq!(resumed.len(), full.len());
+    for ((id, a), (full_id, b)) in resumed.iter().zip(full) {
+        assert_eq!(id, full_id, "same rows in the same order");
+        assert!((a - b).abs() <= 1e-6, "id {id}: resumed {a} vs uninterrupted {b}");
+    }
 }
 
 fn read_id_scores(path: &Path) -> Vec<(i64, f32)> {
@@ -187,6 +197,13 @@ fn read_id_scores(path: &Path) -> Vec<(i64, f32)> {
         out.extend((0..batch.num_rows()).map(|i| (ids.value(i), scores.value(i))));
     }
     out
+}
+
+fn jsonl_id_scores(path: &Path) -> Vec<(i64, f32)> {
+    read_jsonl::<serde_json::Value>(path)
+        .iter()
+        .map(|l| (l["id"].as_i64().unwrap(), l["score"].as_f64().unwrap() as f32))
+        .collect()
 }
 
 /// Sends `signal` to a running child (through kill(1): no libc in the tests).
@@ -232,6 +249,7 @@ fn ctrl_c_and_sigterm_stop_cleanly_and_say_how_to_resume() {
         let err = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(code), "{err}");
         assert!(err.contains("run the same command again to resume"), "{err}");
+        assert!(err.contains("were scored and saved in the score store"), "{err}");
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "earlier result\n");
         assert!(temporary_files(dir.path()).is_empty(), "{:?}", temporary_files(dir.path()));
         let rerun = skyscore(&score_args(&out, &store, &stats, &model, &input));
@@ -287,4 +305,32 @@ fn identical_rows_run_the_model_once() {
     let scores: Vec<f64> = read_jsonl::<serde_json::Value>(&out).iter().map(|l| l["score"].as_f64().unwrap()).collect();
     assert_eq!(scores.len(), 500);
     assert!(scores.iter().all(|&x| x == scores[0]));
+}
+
+#[test]
+fn store_info_and_clear_by_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("s.redb");
+    let input = dir.path().join("rows.jsonl");
+    std::fs::write(
+        &input,
+        "{\"instruction\": \"a\", \"output\": \"b\"}\n{\"instruction\": \"c\", \"output\": \"d\"}\n",
+    )
+    .unwrap();
+    for model in ["tiny-llama", "tiny-qwen3"] {
+        let out = dir.path().join(format!("{model}.jsonl"));
+        let m = p(&model_dir(model)).to_string();
+        let run = skyscore(&["score", "--model", &m, "--input", p(&input), "--output", p(&out), "--store", p(&store)]);
+        assert!(run.status.success(), "{}", stderr(&run));
+    }
+    let info = skyscore(&["store", "info", "--store", p(&store)]);
+    let text = String::from_utf8_lossy(&info.stdout).into_owned();
+    assert!(text.contains(": 4 scores"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.trim_start().starts_with("2  skyscore.model=")).count(), 2, "{text}");
+    let qwen = p(&model_dir("tiny-qwen3")).to_string();
+    let clear = skyscore(&["store", "clear", "--model", &qwen, "--store", p(&store)]);
+    assert!(String::from_utf8_lossy(&clear.stdout).contains("removed 2 scores of model"), "{}", stderr(&clear));
+    let info = skyscore(&["store", "info", "--store", p(&store)]);
+    let text = String::from_utf8_lossy(&info.stdout).into_owned();
+    assert!(text.contains(": 2 scores") && text.contains("tiny-llama") && !text.contains("tiny-qwen3"), "{text}");
 }

@@ -118,6 +118,14 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     progress.finish();
     if let Err(e) = result {
         writer.abandon();
+        if let Some(path) = engine.store_path() {
+            eprintln!(
+                "{} rows of this run were scored and saved in the score store {}; {} rows were done before it stopped",
+                engine.committed_rows(),
+                path.display(),
+                summary.rows
+            );
+        }
         return Err(e);
     }
     writer.finish()?;

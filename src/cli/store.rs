@@ -33,26 +33,36 @@ pub fn run(args: StoreArgs) -> Result<()> {
         bail!("no store given and no cache folder known: use --store FILE");
     };
     if !path.exists() {
-        println!("{}: no score store yet (it is created by the first score or sql run)", path.display());
-        return Ok(());
+        let text = format!("{}: no score store yet (it is created by the first score or sql run)\n", path.display());
+        return write_stdout(&mut std::io::stdout().lock(), &text);
     }
     let Some(mut store) = ScoreStore::open(&path, DEFAULT_WAIT)? else {
         bail!("{}: the score store is held by another program; try again when it is done", path.display());
     };
+    let mut out = std::io::stdout().lock();
     match args.command {
         StoreCommand::Info => {
             let size = std::fs::metadata(&path)?.len();
-            println!("{}: {} scores, {:.1} MB", path.display(), store.len()?, size as f64 / 1e6);
+            let mut text = format!("{}: {} scores, {:.1} MB\n", path.display(), store.len()?, size as f64 / 1e6);
             for m in store.models()? {
-                println!("  {:>10}  {}", m.entries, m.model.replace(';', " "));
+                text.push_str(&format!("  {:>10}  {}\n", m.entries, m.model.replace(';', " ")));
             }
+            write_stdout(&mut out, &text)?;
         }
         StoreCommand::Clear { model } => {
             let removed = store.clear(model.as_deref())?;
             store.compact()?;
             let what = model.map_or("all models".to_string(), |m| format!("model {m}"));
-            println!("removed {removed} scores of {what} from {}", path.display());
+            write_stdout(&mut out, &format!("removed {removed} scores of {what} from {}\n", path.display()))?;
         }
     }
     Ok(())
+}
+
+/// Prints to stdout; a closed pipe (`skyscore store info | head -1`) ends the output quietly.
+fn write_stdout(out: &mut impl std::io::Write, text: &str) -> Result<()> {
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }
