@@ -31,7 +31,8 @@ pub fn new_session(service: &Arc<ScoringService>, target_partitions: Option<usiz
         .with_default_features()
         .with_physical_optimizer_rule(Arc::new(FilterBeforeModel))
         .build();
-    let ctx = SessionContext::new_with_state(state);
+    // Files can be queried by path as in datafusion-cli: SELECT * FROM 'scored.parquet'.
+    let ctx = SessionContext::new_with_state(state).enable_url_table();
     skyscore_udf::register(&ctx, service.clone());
     ctx
 }

@@ -180,3 +180,28 @@ fn sql_errors_fail_cleanly() {
     let run = skyscore(&["sql", "-f", p(&file)]);
     assert_eq!(run.status.code(), Some(1), "a failing statement in a file fails the run: {}", stderr(&run));
 }
+
+/// A script mixing DDL, queries, a COPY (written through a temporary file) and a query of the
+/// written file by its path, as in datafusion-cli.
+#[test]
+fn scripts_create_copy_and_query_files_by_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.parquet");
+    let script = dir.path().join("q.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{}';\n\
+             COPY (SELECT id, skywork_score(instruction, input, output) AS s FROM t WHERE id < 5) TO '{}' STORED AS PARQUET;\n\
+             SELECT count(*) AS n, count(s) AS scored FROM '{}';\n",
+            p(&repo().join("sample_data/sft_sample.parquet")),
+            p(&out),
+            p(&out)
+        ),
+    )
+    .unwrap();
+    let run = skyscore(&["sql", "--model", &model(), "--format", "csv", "-f", p(&script)]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(stdout.lines().any(|l| l == "5,5"), "{stdout}");
+}
