@@ -56,20 +56,7 @@ fn score_reports_the_distribution_and_stats_reads_it_back() {
     let dir = tempfile::tempdir().unwrap();
     let (out, stats, png) = (dir.path().join("s.jsonl"), dir.path().join("stats.json"), dir.path().join("s.png"));
     let input = repo().join("sample_data/sft_sample.parquet");
-    let run = skyscore(&[
-        "score",
-        "--model",
-        &tiny_llama(),
-        "--input",
-        p(&input),
-        "--output",
-        p(&out),
-        "--stats-json",
-        p(&stats),
-        "--plot",
-        p(&png),
-        "--no-progress",
-    ]);
+    let run = score(&tiny_llama(), &input, &out, &["--stats-json", p(&stats), "--plot", p(&png), "--no-progress"]);
     assert!(run.status.success(), "{}", stderr(&run));
     let scores = scores_of(&out);
     let s = json(&stats);

@@ -34,7 +34,7 @@ fn an_output_that_is_the_input_is_refused() {
     std::os::unix::fs::symlink(&data, dir.path().join("link.jsonl")).unwrap();
     for output in [data.clone(), dir.path().join("link.jsonl"), dir.path().join("./sub/../d.jsonl")] {
         std::fs::create_dir_all(dir.path().join("sub")).unwrap();
-        let run = skyscore(&["score", "--model", &tiny_llama(), "--input", p(&data), "--output", p(&output)]);
+        let run = score(&tiny_llama(), &data, &output, &[]);
         fails_with(&run, "is the input file");
         assert_eq!(std::fs::read_to_string(&data).unwrap(), rows_jsonl(3), "the dataset is untouched");
     }
@@ -95,21 +95,10 @@ fn bad_json_lines_are_named_and_skippable() {
     text.push_str(&rows_jsonl(1).replace("\"id\": 0", "\"id\": 12"));
     let input = write(dir.path(), "d.jsonl", &text);
     let out = dir.path().join("o.jsonl");
-    let run = skyscore(&["score", "--model", &tiny_llama(), "--input", p(&input), "--output", p(&out)]);
+    let run = score(&tiny_llama(), &input, &out, &[]);
     fails_with(&run, "d.jsonl: line 11: not valid JSON");
     let stats = dir.path().join("s.json");
-    let run = skyscore(&[
-        "score",
-        "--model",
-        &tiny_llama(),
-        "--input",
-        p(&input),
-        "--output",
-        p(&out),
-        "--skip-invalid",
-        "--stats-json",
-        p(&stats),
-    ]);
+    let run = score(&tiny_llama(), &input, &out, &["--skip-invalid", "--stats-json", p(&stats)]);
     assert!(run.status.success(), "{}", stderr(&run));
     let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
     assert_eq!(s["skipped_rows"], 2, "{s}");
@@ -129,17 +118,7 @@ fn a_max_length_beyond_the_model_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let input = write(dir.path(), "d.jsonl", &rows_jsonl(2));
     let out = dir.path().join("o.jsonl");
-    let run = skyscore(&[
-        "score",
-        "--model",
-        &tiny_llama(),
-        "--input",
-        p(&input),
-        "--output",
-        p(&out),
-        "--max-length",
-        "1000000",
-    ]);
+    let run = score(&tiny_llama(), &input, &out, &["--max-length", "1000000"]);
     fails_with(&run, "beyond what");
     assert!(stderr(&run).contains("max_position_embeddings 8192"), "{}", stderr(&run));
 }
@@ -167,9 +146,7 @@ fn a_row_too_long_for_the_memory_limit_is_refused_before_it_runs() {
     // The tiny model needs ~4 KB of activations per token, plus 256 MiB for attention blocks:
     // 0.3 GB leaves room for ~8,000 tokens (the long row has ~3,000), 0.27 GB for ~390.
     let model = tiny_llama();
-    let run_with = |limit: &str| {
-        skyscore(&["score", "--model", &model, "--input", p(&input), "--output", p(&out), "--max-memory", limit])
-    };
+    let run_with = |limit: &str| score(&model, &input, &out, &["--max-memory", limit]);
     let run = run_with("0.3");
     assert!(run.status.success(), "{}", stderr(&run));
     let run = run_with("0.27");

@@ -89,18 +89,7 @@ fn score_resumes_after_kill_9_with_identical_output() {
     let input = big_input(dir.path());
     // The uninterrupted run, without a store.
     let (full, full_stats) = (dir.path().join("full.jsonl"), dir.path().join("full.json"));
-    let run = skyscore(&[
-        "score",
-        "--model",
-        &model,
-        "--input",
-        p(&input),
-        "--output",
-        p(&full),
-        "--no-store",
-        "--stats-json",
-        p(&full_stats),
-    ]);
+    let run = score(&model, &input, &full, &["--no-store", "--stats-json", p(&full_stats)]);
     assert!(run.status.success(), "{}", stderr(&run));
     let full_s = json(&full_stats)["wall_s"].as_f64().unwrap();
 
@@ -285,19 +274,7 @@ fn identical_rows_run_the_model_once() {
     let line = "{\"instruction\": \"Say hi.\", \"input\": \"\", \"output\": \"Hi!\"}\n";
     std::fs::write(&input, line.repeat(500)).unwrap();
     let (out, stats) = (dir.path().join("o.jsonl"), dir.path().join("s.json"));
-    let run = skyscore(&[
-        "score",
-        "--model",
-        &tiny_llama(),
-        "--input",
-        p(&input),
-        "--output",
-        p(&out),
-        "--stats-json",
-        p(&stats),
-        "--chunk-rows",
-        "128",
-    ]);
+    let run = score(&tiny_llama(), &input, &out, &["--stats-json", p(&stats), "--chunk-rows", "128"]);
     assert!(run.status.success(), "{}", stderr(&run));
     let s = json(&stats);
     assert_eq!(s["model_rows"], 1, "{s}");
@@ -320,7 +297,7 @@ fn store_info_and_clear_by_model() {
     for model in ["tiny-llama", "tiny-qwen3"] {
         let out = dir.path().join(format!("{model}.jsonl"));
         let m = p(&model_dir(model)).to_string();
-        let run = skyscore(&["score", "--model", &m, "--input", p(&input), "--output", p(&out), "--store", p(&store)]);
+        let run = score(&m, &input, &out, &["--store", p(&store)]);
         assert!(run.status.success(), "{}", stderr(&run));
     }
     let info = skyscore(&["store", "info", "--store", p(&store)]);

@@ -160,6 +160,31 @@ impl QueryRows {
     }
 }
 
+/// Runs the decoder stack of a reward model on embedded tokens `xs` `[b, t, h]` and returns
+/// the pooled hidden states `[b, 1, h]`: every layer but the last on all positions, the last
+/// only at each row's pooled token (nothing else of it is ever scored). `layer(i, xs, cos,
+/// sin, queries)` runs layer `i`.
+pub fn run_decoder(
+    xs: Tensor,
+    layers: usize,
+    pooled: &[usize],
+    rope: &RotaryEmbedding,
+    layer: impl Fn(usize, &Tensor, &Tensor, &Tensor, &QueryRows) -> Result<Tensor>,
+) -> Result<Tensor> {
+    if layers == 0 {
+        candle_core::bail!("the checkpoint has no decoder layers");
+    }
+    let (_, t, _) = xs.dims3()?;
+    let (cos, sin) = rope.tables(t, xs.device(), xs.dtype())?;
+    let all = QueryRows::all(&cos, &sin, causal_mask(t, xs.device(), xs.dtype())?);
+    let mut xs = xs;
+    for i in 0..layers - 1 {
+        xs = layer(i, &xs, &cos, &sin, &all)?;
+    }
+    let at_pooled = QueryRows::pooled(pooled, t, &cos, &sin)?;
+    layer(layers - 1, &xs, &cos, &sin, &at_pooled)
+}
+
 /// Most attention scores held at once, in elements (`b × heads × query rows × keys`): 64M,
 /// 256 MiB in f32. Longer batches are computed a block of query rows at a time, so memory
 /// grows linearly with the sequence instead of quadratically (a 16 × 4096-token batch of an 8B

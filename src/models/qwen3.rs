@@ -6,7 +6,7 @@ use candle_nn::{embedding, linear_b, linear_no_bias, Embedding, Linear, VarBuild
 use serde::Deserialize;
 
 use super::layers::{
-    attention, causal_mask, score_rows, GatedMlp, QueryRows, RmsNorm, RopeParameters, RotaryEmbedding,
+    attention, run_decoder, score_rows, GatedMlp, QueryRows, RmsNorm, RopeParameters, RotaryEmbedding,
 };
 use super::ModelBatch;
 
@@ -163,19 +163,11 @@ impl Qwen3ForSequenceClassification {
 
     /// Raw score logits, one f32 per row of the batch.
     pub fn forward(&self, batch: &ModelBatch) -> Result<Tensor> {
-        let (_, t) = batch.input_ids.dims2()?;
-        let mut xs = self.embed_tokens.forward(&batch.input_ids)?;
-        let (cos, sin) = self.rope.tables(t, xs.device(), xs.dtype())?;
-        let all = QueryRows::all(&cos, &sin, causal_mask(t, xs.device(), xs.dtype())?);
-        let Some((last, layers)) = self.layers.split_last() else {
-            candle_core::bail!("the checkpoint has no decoder layers");
-        };
-        for layer in layers {
-            xs = layer.forward(&xs, &cos, &sin, &all)?;
-        }
-        // Only the pooled token's output is scored: the last layer computes nothing else.
-        let pooled = QueryRows::pooled(&batch.pooled, t, &cos, &sin)?;
-        let xs = last.forward(&xs, &cos, &sin, &pooled)?;
+        let xs = self.embed_tokens.forward(&batch.input_ids)?;
+        let layers = &self.layers;
+        let xs = run_decoder(xs, layers.len(), &batch.pooled, &self.rope, |i, xs, cos, sin, queries| {
+            layers[i].forward(xs, cos, sin, queries)
+        })?;
         score_rows(&xs, &self.norm, &self.score)
     }
 }

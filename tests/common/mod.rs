@@ -74,6 +74,13 @@ pub fn skyscore(args: &[&str]) -> Output {
     out
 }
 
+/// `skyscore score --model MODEL --input INPUT --output OUTPUT EXTRA...`
+pub fn score(model: &str, input: &Path, output: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["score", "--model", model, "--input", p(input), "--output", p(output)];
+    args.extend_from_slice(extra);
+    skyscore(&args)
+}
+
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
