@@ -33,7 +33,7 @@ pub struct EngineArgs {
     #[arg(long)]
     pub batch_size: Option<usize>,
     /// Most padded tokens (rows × longest row) per forward pass: the GPU batch size knob.
-    /// Lower it if the card runs out of memory. [default: 8192 on CPU, 65536 on GPU]
+    /// Lower it if the card runs out of memory. [default: 2048 on CPU, 65536 on GPU]
     #[arg(long)]
     pub max_batch_tokens: Option<usize>,
     /// Rows tokenized, length-sorted and scored together; the next chunk is tokenized while
