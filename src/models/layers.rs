@@ -237,7 +237,7 @@ fn attention_block(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64
     let scores = scores.reshape((b, heads, rows, keys))?.broadcast_add(mask)?;
     let in_dtype = scores.dtype();
     // Softmax in f32, as transformers' eager and SDPA paths accumulate it.
-    let probs = super::fast_ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?;
+    let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?;
     let probs = probs.reshape((b, kv_heads, n_rep * rows, keys))?;
     probs.matmul(v)?.reshape((b, heads, rows, d))
 }

@@ -1,7 +1,6 @@
 //! The reward models. One file per architecture, each with its config struct and a plain
 //! forward; `layers` holds the blocks they share.
 
-pub mod fast_ops;
 pub mod layers;
 pub mod llama;
 pub mod qwen3;
