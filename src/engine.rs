@@ -92,9 +92,10 @@ impl EngineOptions {
 }
 
 /// Default padded-token budget of one forward pass. On a GPU it is what keeps the card busy
-/// (a 1B model needs ~64K tokens per pass). On CPU, 2048 measured fastest (llama-bench 22.5M: 4,230–4,879 tok/s at 8192, 5,780–6,563 at 2048;
-/// Qwen3-0.6B shape: 24.0 s of model time at 8192, 17.5–18.5 s at 1024–2048): a smaller batch's
-/// activations stay in cache and under the allocator's size for freshly zeroed pages.
+/// (a 1B model needs ~64K tokens per pass). On CPU, 2048 measured fastest (llama-bench 22.5M:
+/// 4,230–4,879 tok/s at 8192, 5,780–6,563 at 2048; Qwen3-0.6B shape: 24.0 s of model time at
+/// 8192, 17.5–18.5 s at 1024–2048): a smaller batch's activations stay in cache and are reused
+/// instead of arriving as freshly zeroed pages.
 pub const DEFAULT_CPU_BATCH_TOKENS: usize = 2048;
 pub const DEFAULT_GPU_BATCH_TOKENS: usize = 65536;
 /// Default rows per chunk: enough for length sorting to pack batches tightly, small enough that
@@ -339,19 +340,14 @@ impl Engine {
                 let todo_results = self.score_todo(&prepared.todo, &prepared.todo_keys, &known, on_batch)?;
                 let mut stats = prepared.stats;
                 stats += todo_results.stats;
-                let mut counted = vec![false; known.len()];
+                stats.store_hits += known.iter().filter(|k| k.is_some()).count();
                 let rows = prepared
                     .slots
                     .into_iter()
                     .map(|slot| match slot {
                         Slot::Failed(reason) => Err(reason),
                         Slot::Stored(row) => Ok(row),
-                        Slot::Todo(t) => {
-                            if known[t].is_some() && !std::mem::replace(&mut counted[t], true) {
-                                stats.store_hits += 1;
-                            }
-                            todo_results.rows[t].clone()
-                        }
+                        Slot::Todo(t) => todo_results.rows[t].clone(),
                     })
                     .collect();
                 on_scored(prepared.chunk, Scored { rows, stats })?;
@@ -364,33 +360,34 @@ impl Engine {
     /// parallel (a row that cannot be tokenized carries its reason).
     fn prepare_chunk<C: ConversationChunk>(&self, chunk: C) -> Result<PreparedChunk<C>> {
         let conversations = chunk.conversations();
-        let keys: Vec<Option<ConversationKey>> =
-            conversations.par_iter().map(|c| c.as_ref().ok().map(|c| conversation_key(c))).collect();
         let mut stats = ScoreStats::default();
         let mut slots = Vec::with_capacity(conversations.len());
         let mut first_of: HashMap<ConversationKey, usize> = HashMap::new();
-        let mut distinct_rows: Vec<usize> = Vec::new();
-        for (row, (conversation, key)) in conversations.iter().zip(&keys).enumerate() {
-            match (conversation, key) {
-                (Err(reason), _) => slots.push(Slot::Failed(reason.clone())),
-                (Ok(_), Some(key)) => {
-                    let next = distinct_rows.len();
-                    let t = *first_of.entry(*key).or_insert(next);
-                    if t == next {
-                        distinct_rows.push(row);
-                    } else {
-                        stats.duplicate_rows += 1;
-                    }
-                    slots.push(Slot::Todo(t));
+        let (mut distinct_rows, mut distinct_keys) = (Vec::new(), Vec::new());
+        for (row, conversation) in conversations.iter().enumerate() {
+            let conversation = match conversation {
+                Ok(c) => c,
+                Err(reason) => {
+                    slots.push(Slot::Failed(reason.clone()));
+                    continue;
                 }
-                (Ok(_), None) => unreachable!("every conversation has a key"),
+            };
+            let key = conversation_key(conversation);
+            let t = *first_of.entry(key).or_insert(distinct_rows.len());
+            if t == distinct_rows.len() {
+                distinct_rows.push(row);
+                distinct_keys.push(key);
+            } else {
+                stats.duplicate_rows += 1;
             }
+            slots.push(Slot::Todo(t));
         }
-        let distinct_keys: Vec<ConversationKey> = distinct_rows.iter().map(|&r| keys[r].expect("valid row")).collect();
         let stored = match &self.store {
             Some(s) => s.store.get_many(&s.model, &distinct_keys).context("reading the score store")?,
             None => vec![None; distinct_keys.len()],
         };
+        // A stored conversation counts once as a store hit; its duplicates stay duplicates.
+        stats.store_hits = stored.iter().filter(|s| s.is_some()).count();
         // Renumber the conversations still to score; stored ones answer their rows directly.
         let mut renumbered = Vec::with_capacity(distinct_rows.len());
         let (mut todo_rows, mut todo_keys) = (Vec::new(), Vec::new());
@@ -401,17 +398,10 @@ impl Engine {
                 todo_keys.push(*key);
             }
         }
-        // A stored row counts once as a store hit; its duplicates stay duplicates.
-        let mut counted = vec![false; stored.len()];
         for slot in &mut slots {
             if let Slot::Todo(t) = *slot {
                 *slot = match stored[t] {
-                    Some(row) => {
-                        if !std::mem::replace(&mut counted[t], true) {
-                            stats.store_hits += 1;
-                        }
-                        Slot::Stored(row)
-                    }
+                    Some(row) => Slot::Stored(row),
                     None => Slot::Todo(renumbered[t]),
                 };
             }
@@ -476,17 +466,15 @@ impl Engine {
                 .zip(logits)
                 .filter_map(|(&k, &score)| row_score(k, score).map(|r| (keys[valid[k].0], r)))
                 .collect();
-            let committed = s.store.put_many(&s.model, &rows);
-            if committed.is_ok() {
-                self.committed_rows.fetch_add(rows.len(), Ordering::Relaxed);
-            }
-            if let Err(e) = committed {
-                if !std::mem::replace(&mut store_failed, true) {
-                    tracing::warn!(
-                        "cannot write to the score store {}: {e:#}; scores go on without it",
-                        s.store.path().display()
-                    );
+            match s.store.put_many(&s.model, &rows) {
+                Ok(()) => {
+                    self.committed_rows.fetch_add(rows.len(), Ordering::Relaxed);
                 }
+                Err(e) if !std::mem::replace(&mut store_failed, true) => tracing::warn!(
+                    "cannot write to the score store {}: {e:#}; scores go on without it",
+                    s.store.path().display()
+                ),
+                Err(_) => {}
             }
         };
         let started = Instant::now();

@@ -19,13 +19,18 @@ impl TableFormat {
     /// The format a file name says: `.parquet`/`.pq`, `.csv`, `.json`/`.jsonl`/`.ndjson`
     /// (case-insensitive). For a directory, the first file in it that has one of these.
     pub fn of_path(path: &Path) -> Option<Self> {
-        if path.is_dir() {
-            let mut entries: Vec<PathBuf> =
-                std::fs::read_dir(path).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-            entries.sort();
-            return entries.iter().filter(|p| p.is_file()).find_map(|p| Self::of_extension(p));
+        Self::of_extension(&Self::table_file(path)?)
+    }
+
+    /// The file that names a table's format: the path itself, or for a directory its first
+    /// file (by name) with a table extension.
+    fn table_file(path: &Path) -> Option<PathBuf> {
+        if !path.is_dir() {
+            return Some(path.to_path_buf());
         }
-        Self::of_extension(path)
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path).ok()?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        files.sort();
+        files.into_iter().find(|p| p.is_file() && Self::of_extension(p).is_some())
     }
 
     fn of_extension(path: &Path) -> Option<Self> {
@@ -40,18 +45,7 @@ impl TableFormat {
 
     /// The file's own extension with its dot (`.jsonl`), for readers that filter by it.
     pub fn dotted_extension(path: &Path) -> String {
-        let file = if path.is_dir() {
-            std::fs::read_dir(path)
-                .ok()
-                .and_then(|entries| {
-                    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-                    files.sort();
-                    files.into_iter().find(|p| p.is_file() && Self::of_extension(p).is_some())
-                })
-                .unwrap_or_else(|| path.to_path_buf())
-        } else {
-            path.to_path_buf()
-        };
+        let file = Self::table_file(path).unwrap_or_else(|| path.to_path_buf());
         file.extension().and_then(|e| e.to_str()).map(|e| format!(".{e}")).unwrap_or_default()
     }
 }

@@ -16,10 +16,10 @@ use skyscore_core::{Conversation, RowScore, ScoreDistribution, ScoreRequest, Sco
 use super::distribution::{render, DETAILED_BINS, TERMINAL_BINS};
 use super::engine_args::EngineArgs;
 use super::progress::Progress;
-use super::summary::RunSummary;
+use super::summary::{check_report_paths, RunSummary};
 use crate::engine::{ConversationChunk, Engine};
-use crate::io::{check_writable, open_input, ColumnNames, OutputWriter, SftColumns};
-use crate::plot::{check_plot_path, write_histogram};
+use crate::io::{open_input, ColumnNames, OutputWriter, SftColumns};
+use crate::plot::write_histogram;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -71,13 +71,7 @@ pub struct ScoreArgs {
 pub fn run(args: ScoreArgs) -> Result<()> {
     let started = Instant::now();
     let resolved = args.engine.resolve()?;
-    // Files written at the end are checked now, not after hours of scoring.
-    if let Some(path) = &args.stats_json {
-        check_writable(path)?;
-    }
-    if let Some(path) = &args.plot {
-        check_plot_path(path)?;
-    }
+    check_report_paths(args.stats_json.as_deref(), args.plot.as_deref())?;
     let names = ColumnNames {
         instruction: args.instruction_column.clone(),
         input: args.input_column.clone(),

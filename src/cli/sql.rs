@@ -20,10 +20,9 @@ use skyscore_udf::{plan_calls_model, Scorer, ScoringService};
 
 use super::distribution::{render, DETAILED_BINS, TERMINAL_BINS};
 use super::engine_args::EngineArgs;
-use super::summary::RunSummary;
+use super::summary::{check_report_paths, RunSummary};
 use crate::engine::Engine;
-use crate::io::check_writable;
-use crate::plot::{check_plot_path, write_histogram};
+use crate::plot::write_histogram;
 use crate::session::{new_session, register_table, set_parquet_metadata};
 use crate::tables::TableFormat;
 
@@ -81,12 +80,7 @@ pub struct SqlArgs {
 pub fn run(args: SqlArgs) -> Result<()> {
     let started = Instant::now();
     let resolved = args.engine.resolve()?;
-    if let Some(path) = &args.stats_json {
-        check_writable(path)?;
-    }
-    if let Some(path) = &args.plot {
-        check_plot_path(path)?;
-    }
+    check_report_paths(args.stats_json.as_deref(), args.plot.as_deref())?;
     let (model, options) = (resolved.model.clone(), resolved.options.clone());
     let service = ScoringService::lazy(
         Box::new(move || {
@@ -110,8 +104,8 @@ pub fn run(args: SqlArgs) -> Result<()> {
             summary.score_by_function.insert(function.clone(), s);
         }
     }
-    if let [(_, only)] = summary.score_by_function.iter().collect::<Vec<_>>().as_slice() {
-        summary.distribution = Some((*only).clone());
+    if summary.score_by_function.len() == 1 {
+        summary.distribution = summary.score_by_function.values().next().cloned();
     }
     if service.is_loaded() {
         eprintln!("{}", summary.sql_line());

@@ -12,8 +12,9 @@ use serde::Serialize;
 use skyscore_core::{DistributionSummary, ScoreDistribution};
 
 use super::distribution::{render, DETAILED_BINS, TERMINAL_BINS};
-use crate::io::{check_writable, open_input};
-use crate::plot::{check_plot_path, write_histogram};
+use super::summary::check_report_paths;
+use crate::io::open_input;
+use crate::plot::write_histogram;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -82,12 +83,7 @@ struct KeepTop {
 }
 
 pub fn run(args: StatsArgs) -> Result<()> {
-    if let Some(path) = &args.plot {
-        check_plot_path(path)?;
-    }
-    if let Some(path) = &args.stats_json {
-        check_writable(path)?;
-    }
+    check_report_paths(args.stats_json.as_deref(), args.plot.as_deref())?;
     let file = args.file.display().to_string();
     let input = open_input(&args.file, 65_536, false)?;
     let field = input.schema.field_with_name(&args.column).map_err(|_| {

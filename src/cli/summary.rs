@@ -10,6 +10,18 @@ use skyscore_core::{DistributionSummary, ScoreStats};
 
 use crate::engine::EngineOptions;
 
+/// Checks now that the report files written at the end of a run (`--stats-json`, `--plot`) can
+/// be written: a long job must not find out after its work.
+pub fn check_report_paths(stats_json: Option<&Path>, plot: Option<&Path>) -> Result<()> {
+    if let Some(path) = stats_json {
+        crate::io::check_writable(path)?;
+    }
+    if let Some(path) = plot {
+        crate::plot::check_plot_path(path)?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RunSummary {
     /// Rows read from the input (`skyscore sql`: evaluations of the UDFs).

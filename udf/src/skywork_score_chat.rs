@@ -125,12 +125,12 @@ impl ScalarUDFImpl for SkyworkScoreChat {
                 conversations.push(conv);
             }
         }
-        // The start of each conversation, kept to name a row that fails (the turns move on).
-        let texts: Vec<String> = conversations
-            .iter()
-            .map(|c| c.first().map(|t| t.content.chars().take(60).collect()).unwrap_or_default())
-            .collect();
-        let first_text = |k: usize| texts.get(k).cloned().unwrap_or_default();
+        // Only when a row fails: parse its messages again to show the start of its first turn
+        // (the turns themselves moved on to the scorer).
+        let first_text = |k: usize| {
+            let row = parse_messages(&array.slice(rows[k], 1)).ok().and_then(|mut v| v.pop().flatten());
+            row.and_then(|turns| turns.into_iter().next()).map(|t| t.content.into_owned()).unwrap_or_default()
+        };
         let scores = self.service.score(NAME, conversations).map_err(|e| score_error(NAME, &rows, first_text, e))?;
         Ok(scores_to_columnar(n, &rows, scores, scalar))
     }
