@@ -44,6 +44,9 @@ pub struct Checkpoint {
     /// file's name, size and modification time: hashing gigabytes at every start would cost
     /// more than the rows it saves). Names the model in the score store.
     pub files_sha256: String,
+    /// The same without modification times: equal on every machine that has the same files
+    /// (a cluster's client and executors compare it).
+    pub content_sha256: String,
 }
 
 fn read_json(path: &Path) -> Result<Json, CheckpointError> {
@@ -52,7 +55,19 @@ fn read_json(path: &Path) -> Result<Json, CheckpointError> {
 }
 
 impl Checkpoint {
+    /// Resolves every file, weights included (downloading them from the hub when needed).
     pub fn resolve(model_id: &str, files: &FileSource) -> Result<Self, CheckpointError> {
+        Self::resolve_with(model_id, files, true)
+    }
+
+    /// Resolves the small files only: config, tokenizer, template, and the weights' names and
+    /// sizes where they are local. A hub model's weights are not downloaded (its commit names
+    /// them), so a cluster client can describe a model it never runs.
+    pub fn describe(model_id: &str, files: &FileSource) -> Result<Self, CheckpointError> {
+        Self::resolve_with(model_id, files, false)
+    }
+
+    fn resolve_with(model_id: &str, files: &FileSource, fetch_weights: bool) -> Result<Self, CheckpointError> {
         let config_path = files.get("config.json")?;
         let config = read_json(&config_path)?;
         let arch = ArchConfig::from_config(&config)
@@ -67,7 +82,34 @@ impl Checkpoint {
             None => template_from_tokenizer_config(&tokenizer_config),
         };
 
-        let weights = match files.get_optional("model.safetensors.index.json")? {
+        let revision = files.cached_commit();
+        let weights = if !fetch_weights && revision.is_some() {
+            Vec::new()
+        } else {
+            Self::weight_files(files)?
+        };
+        let config_pad_token_id = config.get("pad_token_id").and_then(Json::as_u64).map(|v| v as u32);
+        let small_files = [config_path.as_path(), tokenizer_path.as_path(), tokenizer_config_path.as_path()];
+        let digest = |with_mtime| {
+            files_digest(&small_files, chat_template.as_deref(), revision.as_deref(), &weights, with_mtime)
+        };
+        let (files_sha256, content_sha256) = (digest(true)?, digest(false)?);
+        Ok(Self {
+            model_id: model_id.to_string(),
+            revision,
+            files_sha256,
+            content_sha256,
+            arch,
+            config_pad_token_id,
+            tokenizer_path,
+            tokenizer_config,
+            chat_template,
+            weights,
+        })
+    }
+
+    fn weight_files(files: &FileSource) -> Result<Vec<PathBuf>, CheckpointError> {
+        Ok(match files.get_optional("model.safetensors.index.json")? {
             Some(index_path) => {
                 let index = read_json(&index_path)?;
                 let map = index.get("weight_map").and_then(Json::as_object).ok_or_else(|| {
@@ -82,26 +124,6 @@ impl Checkpoint {
                 Some(p) => vec![p],
                 None => return Err(CheckpointError::NoWeights),
             },
-        };
-
-        let config_pad_token_id = config.get("pad_token_id").and_then(Json::as_u64).map(|v| v as u32);
-        let revision = files.cached_commit();
-        let files_sha256 = files_digest(
-            &[&config_path, &tokenizer_path, &tokenizer_config_path],
-            chat_template.as_deref(),
-            revision.as_deref(),
-            &weights,
-        )?;
-        Ok(Self {
-            model_id: model_id.to_string(),
-            revision,
-            files_sha256,
-            arch,
-            config_pad_token_id,
-            tokenizer_path,
-            tokenizer_config,
-            chat_template,
-            weights,
         })
     }
 
@@ -123,6 +145,7 @@ fn files_digest(
     chat_template: Option<&str>,
     revision: Option<&str>,
     weights: &[PathBuf],
+    with_mtime: bool,
 ) -> Result<String, CheckpointError> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
@@ -141,7 +164,9 @@ fn files_digest(
                 let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
                 h.update(w.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
                 h.update(meta.len().to_le_bytes());
-                h.update(mtime.map_or(0, |d| d.as_nanos()).to_le_bytes());
+                if with_mtime {
+                    h.update(mtime.map_or(0, |d| d.as_nanos()).to_le_bytes());
+                }
             }
         }
     }

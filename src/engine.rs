@@ -607,17 +607,42 @@ impl Engine {
     /// What a score depends on besides the conversation.
     pub fn metadata(&self) -> Vec<(String, String)> {
         let c = &self.checkpoint;
-        vec![
+        let mut metadata = vec![
             ("skyscore.version".into(), env!("CARGO_PKG_VERSION").into()),
             ("skyscore.model".into(), c.model_id.clone()),
             ("skyscore.revision".into(), c.revision.clone().unwrap_or_default()),
-            ("skyscore.architecture".into(), c.arch.name().into()),
-            ("skyscore.template_sha256".into(), self.encoder.template().sha256().into()),
-            ("skyscore.max_length".into(), self.options.max_length.to_string()),
-            ("skyscore.truncation_side".into(), self.options.truncation_side.as_str().into()),
-            ("skyscore.dtype".into(), self.options.dtype.to_string()),
-        ]
+        ];
+        metadata.extend(model_facts(c, self.encoder.template().sha256(), &self.options));
+        metadata
     }
+}
+
+/// What a score depends on besides the conversation, in terms equal on every machine with the
+/// same files (no local paths): architecture, checkpoint files, template, max_length,
+/// truncation side, dtype. A cluster client expects its executors to state the same.
+pub fn model_facts(checkpoint: &Checkpoint, template_sha256: &str, options: &EngineOptions) -> Vec<(String, String)> {
+    vec![
+        ("skyscore.architecture".into(), checkpoint.arch.name().into()),
+        ("skyscore.checkpoint_sha256".into(), checkpoint.content_sha256.clone()),
+        ("skyscore.template_sha256".into(), template_sha256.into()),
+        ("skyscore.max_length".into(), options.max_length.to_string()),
+        ("skyscore.truncation_side".into(), options.truncation_side.as_str().into()),
+        ("skyscore.dtype".into(), options.dtype.to_string()),
+    ]
+}
+
+/// The [`model_facts`] of `model` run with `options`, from its small files only (a hub model's
+/// weights are not downloaded): what a cluster client expects of the executors.
+pub fn describe_model(model: &str, options: &EngineOptions) -> Result<Vec<(String, String)>> {
+    let files = FileSource::new(ModelSource::parse(model)?);
+    let checkpoint = Checkpoint::describe(model, &files).with_context(|| format!("reading model `{model}`"))?;
+    let template_src = checkpoint
+        .chat_template
+        .as_deref()
+        .ok_or(crate::template::TemplateError::Missing)
+        .with_context(|| format!("reading model `{model}`"))?;
+    let template = ChatTemplate::new(template_src, checkpoint.special_tokens())?;
+    Ok(model_facts(&checkpoint, template.sha256(), options))
 }
 
 /// Runs a batch; when the device runs out of memory, runs each half instead (recursively, down

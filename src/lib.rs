@@ -10,6 +10,7 @@
 pub mod batching;
 pub mod checkpoint;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod device;
 pub mod encode;

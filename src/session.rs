@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
-use skyscore_udf::{FilterBeforeModel, ScoringService};
+use skyscore_udf::ScoringService;
 
 use crate::tables::{json_is_array, TableFormat};
 
@@ -29,7 +29,7 @@ pub fn new_session(service: &Arc<ScoringService>, target_partitions: Option<usiz
     let state = SessionStateBuilder::new()
         .with_config(config)
         .with_default_features()
-        .with_physical_optimizer_rule(Arc::new(FilterBeforeModel))
+        .with_physical_optimizer_rules(skyscore_udf::model_aware_rules())
         .build();
     // Files can be queried by path as in datafusion-cli: SELECT * FROM 'scored.parquet'.
     let ctx = SessionContext::new_with_state(state).enable_url_table();

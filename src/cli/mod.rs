@@ -1,5 +1,6 @@
 //! The `skyscore` command line.
 
+pub mod cluster;
 mod distribution;
 pub mod engine_args;
 mod progress;
@@ -41,6 +42,9 @@ pub enum Command {
     Stats(stats::StatsArgs),
     /// The persistent score store: `info` (entries per model, size), `clear [--model M]`.
     Store(store::StoreArgs),
+    /// Processes of a Ballista cluster that scores: `scheduler`, `executor`. Queries run on it
+    /// with `skyscore sql --cluster df://HOST:PORT`.
+    Cluster(cluster::ClusterArgs),
 }
 
 fn init_tracing(verbose: u8) {
@@ -69,6 +73,7 @@ pub fn main() -> ExitCode {
         Command::Sql(args) => sql::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Store(args) => store::run(args),
+        Command::Cluster(args) => cluster::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -18,7 +18,7 @@ use datafusion_cli::print_options::{MaxRows, PrintOptions};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use skyscore_udf::{plan_calls_model, Scorer, ScoringService};
 
-use super::distribution::{render, DETAILED_BINS, TERMINAL_BINS};
+use super::distribution::{render, TERMINAL_BINS};
 use super::engine_args::EngineArgs;
 use super::summary::{check_report_paths, RunSummary};
 use crate::engine::Engine;
@@ -75,12 +75,27 @@ pub struct SqlArgs {
     /// No progress display.
     #[arg(long)]
     pub no_progress: bool,
+    /// Run on a Ballista cluster (`skyscore cluster scheduler` + executors) instead of here:
+    /// df://HOST:PORT of its scheduler. The client loads no model; its --model/--config and
+    /// engine flags name the model the executors must serve (checked before they score).
+    /// Table paths must be readable at the same path on the scheduler and every executor.
+    #[arg(long, value_name = "df://HOST:PORT", conflicts_with_all = ["stats_json", "plot"])]
+    pub cluster: Option<String>,
 }
 
 pub fn run(args: SqlArgs) -> Result<()> {
     let started = Instant::now();
     let resolved = args.engine.resolve()?;
     check_report_paths(args.stats_json.as_deref(), args.plot.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if let Some(url) = &args.cluster {
+        let service = crate::cluster::client::planning_service();
+        let expected = crate::cluster::client::expected_model(&resolved);
+        return runtime.block_on(async {
+            let ctx = crate::cluster::client::connect(url, &service, args.partitions, &expected).await?;
+            run_session(&args, ctx, &service, Some(&expected)).await
+        });
+    }
     let (model, options) = (resolved.model.clone(), resolved.options.clone());
     let service = ScoringService::lazy(
         Box::new(move || {
@@ -89,24 +104,11 @@ pub fn run(args: SqlArgs) -> Result<()> {
         }),
         args.cache_entries,
     );
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let result = runtime.block_on(run_session(&args, &service));
+    let ctx = new_session(&service, args.partitions);
+    let result = runtime.block_on(run_session(&args, ctx, &service, None));
 
-    let stats = service.stats();
-    let mut summary = RunSummary::new(&resolved.model, &resolved.options);
-    summary.rows = stats.rows;
-    summary.cache_hits = stats.cache_hits;
-    summary.stats = stats.model;
-    summary.finish(started.elapsed().as_secs_f64());
+    let summary = RunSummary::of_service(&service, &resolved, started.elapsed().as_secs_f64());
     let distributions = service.distributions();
-    for (function, d) in &distributions {
-        if let Some(s) = d.summary(DETAILED_BINS) {
-            summary.score_by_function.insert(function.clone(), s);
-        }
-    }
-    if summary.score_by_function.len() == 1 {
-        summary.distribution = summary.score_by_function.values().next().cloned();
-    }
     if service.is_loaded() {
         eprintln!("{}", summary.sql_line());
         for (function, d) in &distributions {
@@ -135,13 +137,24 @@ fn suffixed(path: &std::path::Path, suffix: &str) -> PathBuf {
     path.with_file_name(format!("{stem}-{suffix}{ext}"))
 }
 
-async fn run_session(args: &SqlArgs, service: &Arc<ScoringService>) -> Result<()> {
-    let ctx = new_session(service, args.partitions);
+/// Runs the statements (or the shell) on `ctx`. `cluster_metadata`: on a cluster, the facts of
+/// the model the executors serve, written into Parquet outputs (the local path writes the
+/// loaded model's metadata instead).
+async fn run_session(
+    args: &SqlArgs,
+    ctx: SessionContext,
+    service: &Arc<ScoringService>,
+    cluster_metadata: Option<&[(String, String)]>,
+) -> Result<()> {
     for spec in &args.tables {
         let (name, path) = spec.split_once('=').with_context(|| format!("-t {spec}: expected NAME=PATH"))?;
-        let path = PathBuf::from(path);
+        let mut path = PathBuf::from(path);
         if !path.exists() {
             bail!("-t {spec}: {} does not exist", path.display());
+        }
+        if cluster_metadata.is_some() {
+            // The scheduler and the executors resolve paths in their own working directories.
+            path = std::fs::canonicalize(&path).with_context(|| format!("-t {spec}"))?;
         }
         register_table(&ctx, name, &path).await.with_context(|| format!("registering table {name}"))?;
     }
@@ -162,16 +175,22 @@ async fn run_session(args: &SqlArgs, service: &Arc<ScoringService>) -> Result<()
             return Ok(());
         }
     };
-    if copies_scores(&ctx, &commands).await {
-        // COPY fixes its Parquet options when planned: load first so the files it writes carry
-        // the model's metadata.
-        let scorer = service.scorer().map_err(anyhow::Error::msg)?;
-        set_parquet_metadata(&ctx, &scorer.metadata());
-    }
-    let progress = ProgressTicker::start(service.clone(), !args.no_progress);
+    let copy_metadata = match cluster_metadata {
+        Some(facts) => Some(with_version(facts)),
+        None => {
+            if copies_scores(&ctx, &commands).await {
+                // COPY fixes its Parquet options when planned: load first so the files it
+                // writes carry the model's metadata.
+                let scorer = service.scorer().map_err(anyhow::Error::msg)?;
+                set_parquet_metadata(&ctx, &scorer.metadata());
+            }
+            None
+        }
+    };
+    let progress = ProgressTicker::start(service.clone(), !args.no_progress && cluster_metadata.is_none());
     let result = match &args.output {
-        Some(path) => write_query(&ctx, &commands, path, service).await,
-        None => run_statements(&ctx, commands, &print_options).await,
+        Some(path) => write_query(&ctx, &commands, path, service, copy_metadata.as_deref()).await,
+        None => run_statements(&ctx, commands, &print_options, copy_metadata.as_deref()).await,
     };
     progress.stop();
     result.map_err(|e| anyhow::anyhow!(tidy_signature_error(&format!("{e:#}"))))
@@ -212,7 +231,33 @@ async fn copies_scores(ctx: &SessionContext, sql: &str) -> bool {
 /// Runs the statements as datafusion-cli would, except that a `COPY ... TO` a local path writes
 /// under a temporary name and replaces its target only when complete: a failed or interrupted
 /// COPY leaves an existing file as it was and no half-written one behind.
-async fn run_statements(ctx: &SessionContext, commands: String, print_options: &PrintOptions) -> Result<()> {
+/// `facts` plus the skyscore version, as written into Parquet outputs.
+fn with_version(facts: &[(String, String)]) -> Vec<(String, String)> {
+    let mut metadata = vec![("skyscore.version".to_string(), env!("CARGO_PKG_VERSION").to_string())];
+    metadata.extend(facts.iter().cloned());
+    metadata
+}
+
+/// On a cluster, `COPY ... TO 'x.parquet'` carries the model's metadata as its own options:
+/// session table options do not travel to the executor that writes the file.
+fn add_metadata_options(copy: &mut datafusion::sql::parser::CopyToStatement, metadata: &[(String, String)]) {
+    use datafusion::sql::sqlparser::ast::Value;
+    let parquet = copy.stored_as.as_deref().map(|s| s.eq_ignore_ascii_case("parquet")).unwrap_or_else(|| {
+        TableFormat::of_path(std::path::Path::new(&copy.target)) == Some(TableFormat::Parquet)
+    });
+    if parquet {
+        for (k, v) in metadata {
+            copy.options.push((format!("format.metadata::{k}"), Value::SingleQuotedString(v.clone())));
+        }
+    }
+}
+
+async fn run_statements(
+    ctx: &SessionContext,
+    commands: String,
+    print_options: &PrintOptions,
+    copy_metadata: Option<&[(String, String)]>,
+) -> Result<()> {
     let Ok(statements) = DFParser::parse_sql(&commands) else {
         // Let datafusion-cli report the syntax error as it does.
         return exec_from_commands(ctx, vec![commands], print_options).await.map_err(anyhow::Error::from);
@@ -223,7 +268,12 @@ async fn run_statements(ctx: &SessionContext, commands: String, print_options: &
     for statement in statements {
         match statement {
             Statement::CopyTo(mut copy) if !copy.target.contains("://") => {
-                let target = PathBuf::from(&copy.target);
+                let mut target = PathBuf::from(&copy.target);
+                if let Some(metadata) = copy_metadata {
+                    add_metadata_options(&mut copy, metadata);
+                    // The executor that writes the file resolves paths in its own directory.
+                    target = crate::io::paths::absolute(&target)?;
+                }
                 crate::io::paths::remove_stale_temps(&target);
                 let temp = crate::io::paths::temp_sibling(&target);
                 copy.target = temp.to_str().context("COPY target is not UTF-8")?.to_string();
@@ -260,10 +310,21 @@ async fn run_statements(ctx: &SessionContext, commands: String, print_options: &
 
 /// Runs one query and streams its result into `path` (through a temporary file, so an existing
 /// `path` stays until a complete result replaces it).
-async fn write_query(ctx: &SessionContext, sql: &str, path: &std::path::Path, service: &ScoringService) -> Result<()> {
+async fn write_query(
+    ctx: &SessionContext,
+    sql: &str,
+    path: &std::path::Path,
+    service: &ScoringService,
+    cluster_metadata: Option<&[(String, String)]>,
+) -> Result<()> {
+    let path = &match cluster_metadata {
+        // The executor that writes the file resolves paths in its own directory.
+        Some(_) => crate::io::paths::absolute(path)?,
+        None => path.to_path_buf(),
+    };
     crate::io::paths::remove_stale_temps(path);
     let temp = crate::io::paths::temp_sibling(path);
-    let result = write_query_to(ctx, sql, path, &temp, service).await;
+    let result = write_query_to(ctx, sql, path, &temp, service, cluster_metadata).await;
     match result {
         Ok(rows) => {
             crate::io::paths::replace_with(&temp, path)?;
@@ -283,6 +344,7 @@ async fn write_query_to(
     path: &std::path::Path,
     temp: &std::path::Path,
     service: &ScoringService,
+    cluster_metadata: Option<&[(String, String)]>,
 ) -> Result<u64> {
     let location = temp.to_str().context("output path is not UTF-8")?;
     let df = ctx.sql(sql).await?;
@@ -290,10 +352,12 @@ async fn write_query_to(
     let written = match TableFormat::of_path(path) {
         Some(TableFormat::Parquet) => {
             let mut parquet = ctx.state().table_options().parquet.clone();
-            if let Ok(scorer) = service.scorer() {
-                for (k, v) in scorer.metadata() {
-                    parquet.key_value_metadata.insert(k, Some(v));
-                }
+            let metadata = match cluster_metadata {
+                Some(facts) => Some(facts.to_vec()),
+                None => service.scorer().ok().map(|s| s.metadata()),
+            };
+            for (k, v) in metadata.unwrap_or_default() {
+                parquet.key_value_metadata.insert(k, Some(v));
             }
             df.write_parquet(location, options, Some(parquet)).await?
         }

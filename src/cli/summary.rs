@@ -8,6 +8,10 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use skyscore_core::{DistributionSummary, ScoreStats};
 
+use skyscore_udf::ScoringService;
+
+use super::distribution::DETAILED_BINS;
+use super::engine_args::ResolvedEngine;
 use crate::engine::EngineOptions;
 
 /// Checks now that the report files written at the end of a run (`--stats-json`, `--plot`) can
@@ -105,8 +109,36 @@ impl RunSummary {
         )
     }
 
+    /// The figures of a SQL scoring service so far: every evaluation, cache hits, the model's
+    /// work, and the score distribution of each function (`skyscore sql`, cluster executors).
+    pub fn of_service(service: &ScoringService, engine: &ResolvedEngine, wall_s: f64) -> Self {
+        let stats = service.stats();
+        let mut summary = RunSummary::new(&engine.model, &engine.options);
+        summary.rows = stats.rows;
+        summary.cache_hits = stats.cache_hits;
+        summary.stats = stats.model;
+        summary.finish(wall_s);
+        for (function, d) in service.distributions() {
+            if let Some(s) = d.summary(DETAILED_BINS) {
+                summary.score_by_function.insert(function, s);
+            }
+        }
+        if summary.score_by_function.len() == 1 {
+            summary.distribution = summary.score_by_function.values().next().cloned();
+        }
+        summary
+    }
+
     pub fn write_json(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)?;
         std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// [`write_json`](Self::write_json) through a temporary sibling, so a reader never sees a
+    /// half-written file.
+    pub fn write_json_atomically(&self, path: &Path) -> Result<()> {
+        let temp = crate::io::paths::temp_sibling(path);
+        self.write_json(&temp)?;
+        crate::io::paths::replace_with(&temp, path)
     }
 }

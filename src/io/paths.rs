@@ -41,6 +41,12 @@ pub fn remove_stale_temps(target: &Path) {
     }
 }
 
+/// `path` from the current directory: what a cluster's scheduler and executors, which run in
+/// their own directories, must be given.
+pub fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("{}: cannot make the path absolute", path.display()))
+}
+
 /// Moves a complete result into place (a file, or the folder of a partitioned write).
 pub fn replace_with(temp: &Path, target: &Path) -> Result<()> {
     if temp.is_dir() && target.is_dir() {

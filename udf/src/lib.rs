@@ -15,6 +15,7 @@
 
 pub mod args;
 pub mod cache;
+pub mod options;
 pub mod plan;
 pub mod service;
 pub mod skywork_score;
@@ -27,7 +28,8 @@ use std::sync::Arc;
 use datafusion::logical_expr::ScalarUDF;
 use datafusion::prelude::SessionContext;
 
-pub use plan::{plan_calls_model, FilterBeforeModel, MODEL_FUNCTIONS};
+pub use options::{expectation_json, SkyscoreOptions};
+pub use plan::{model_aware_rules, plan_calls_model, FilterBeforeModel, KeepModelAboveFilters, MODEL_FUNCTIONS};
 pub use service::{ScorerLoader, ScoringService, ServiceStats};
 pub use skyscore_core::{
     ChatTurn, Conversation, RowResult, RowScore, ScoreRequest, ScoreStats, Scored, Scorer, ScorerError,

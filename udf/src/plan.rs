@@ -8,6 +8,12 @@
 //!    0`, also from a filter on a subquery's score), and an `AND` evaluates both sides on every
 //!    row of the batch. The rule splits such a filter in two: the conjuncts that do not call the
 //!    model first, the ones that do on the rows left.
+//! 3. Where nothing stands between a filter and a file scan (Ballista plans: no round-robin
+//!    repartition), the same `ProjectionPushdown` goes on to merge the swapped projection into
+//!    the scan, which then runs the model while reading, before any filter, out of reach of
+//!    the swap above. [`KeepModelAboveFilters`], first in the rule list, marks the filter below
+//!    a scoring projection so that the projection stays put; [`FilterBeforeModel`], last,
+//!    removes the marks. [`model_aware_rules`] is the whole list.
 
 use std::sync::Arc;
 
@@ -22,7 +28,9 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::expressions::Column;
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::projection::ProjectionExec;
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::execution::TaskContext;
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
+use datafusion::physical_plan::{replace_children_if_necessary, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream};
 
 /// Names of the functions that run the model.
 pub const MODEL_FUNCTIONS: [&str; 2] = [crate::skywork_score::NAME, crate::skywork_score_chat::NAME];
@@ -60,6 +68,94 @@ fn calls_model(expr: &Arc<dyn PhysicalExpr>) -> bool {
         Ok(TreeNodeRecursion::Continue)
     });
     found
+}
+
+/// DataFusion's physical optimizer rules with skyscore's around them: [`KeepModelAboveFilters`]
+/// first, [`FilterBeforeModel`] last. Every skyscore session (local, cluster client, scheduler)
+/// plans with this list.
+pub fn model_aware_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+    let mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> = vec![Arc::new(KeepModelAboveFilters)];
+    rules.extend(PhysicalOptimizer::new().rules);
+    rules.push(Arc::new(FilterBeforeModel));
+    rules
+}
+
+/// Puts a [`ModelInputMark`] between a projection that runs the model and the filter below it.
+#[derive(Debug, Default)]
+pub struct KeepModelAboveFilters;
+
+impl PhysicalOptimizerRule for KeepModelAboveFilters {
+    fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
+        plan.transform_up(|plan| {
+            let Some(projection) = plan.downcast_ref::<ProjectionExec>() else { return Ok(Transformed::no(plan)) };
+            let input = projection.input();
+            if !input.is::<FilterExec>() || !projection.expr().iter().any(|p| calls_model(&p.expr)) {
+                return Ok(Transformed::no(plan));
+            }
+            let marked: Arc<dyn ExecutionPlan> = Arc::new(ModelInputMark { input: input.clone() });
+            replace_children_if_necessary(plan.clone(), vec![marked]).map(Transformed::yes)
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "skyscore_keep_model_above_filters"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}
+
+/// A pass-through node that lives only while the physical optimizer runs: projections cannot
+/// be swapped below it (the default of `try_swapping_with_projection`). Never serialized:
+/// [`FilterBeforeModel`] removes it before the plan leaves the optimizer.
+#[derive(Debug)]
+pub struct ModelInputMark {
+    input: Arc<dyn ExecutionPlan>,
+}
+
+impl DisplayAs for ModelInputMark {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "ModelInputMark")
+    }
+}
+
+impl ExecutionPlan for ModelInputMark {
+    fn name(&self) -> &str {
+        "ModelInputMark"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.input.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn maintains_input_order(&self) -> Vec<bool> {
+        vec![true]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(ModelInputMark { input: children.swap_remove(0) }))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        self.input.execute(partition, context)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -112,6 +208,12 @@ impl FilterBeforeModel {
 
 impl PhysicalOptimizerRule for FilterBeforeModel {
     fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
+        let plan = plan
+            .transform_up(|plan| match plan.downcast_ref::<ModelInputMark>() {
+                Some(mark) => Ok(Transformed::yes(mark.input.clone())),
+                None => Ok(Transformed::no(plan)),
+            })?
+            .data;
         let plan = plan.transform_up(Self::split)?.data;
         plan.transform_up(Self::swap).map(|t| t.data)
     }
@@ -144,7 +246,7 @@ mod tests {
             .with_config(SessionConfig::new().with_target_partitions(2))
             .with_default_features();
         if with_rule {
-            builder = builder.with_physical_optimizer_rule(Arc::new(FilterBeforeModel));
+            builder = builder.with_physical_optimizer_rules(model_aware_rules());
         }
         let ctx = SessionContext::new_with_state(builder.build());
         let fake = FakeScorer::new();

@@ -55,11 +55,17 @@ struct Counters {
     distributions: Mutex<BTreeMap<&'static str, ScoreDistribution>>,
 }
 
+/// Called after every [`ScoringService::score`] call (a cluster executor writes its figures).
+pub type ScoreObserver = Box<dyn Fn(&ScoringService) + Send + Sync>;
+
 pub struct ScoringService {
     loader: ScorerLoader,
     worker: OnceLock<Result<Worker, String>>,
     cache: Arc<Mutex<ScoreCache>>,
     counters: Arc<Counters>,
+    /// Expectations (`skyscore.expected_model`) already compared with the scorer, and the outcome.
+    checked: Mutex<HashMap<String, Result<(), String>>>,
+    observer: OnceLock<ScoreObserver>,
 }
 
 impl std::fmt::Debug for ScoringService {
@@ -85,7 +91,28 @@ impl ScoringService {
             worker: OnceLock::new(),
             cache: Arc::new(Mutex::new(ScoreCache::new(cache_entries))),
             counters: Arc::new(Counters::default()),
+            checked: Mutex::new(HashMap::new()),
+            observer: OnceLock::new(),
         })
+    }
+
+    /// Runs `observer` after every scoring call from now on (only the first one set counts).
+    pub fn set_observer(&self, observer: ScoreObserver) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Checks that the scorer is the model a session expects (`expected`: the JSON of
+    /// [`crate::options::SkyscoreOptions::expected_model`]); loads the scorer if needed. The
+    /// outcome is remembered, so a query pays for the comparison once.
+    pub fn check_model(&self, expected: &str) -> Result<(), ScorerError> {
+        if let Some(outcome) = self.checked.lock().expect("check lock").get(expected) {
+            return outcome.clone().map_err(ScorerError::Engine);
+        }
+        let scorer = self.scorer().map_err(ScorerError::Engine)?;
+        let outcome = crate::options::check_expectation(expected, &scorer.metadata())
+            .map_err(|differences| format!("this scorer's model is not the one the query expects: {differences}"));
+        self.checked.lock().expect("check lock").insert(expected.to_string(), outcome.clone());
+        outcome.map_err(ScorerError::Engine)
     }
 
     /// Loads the scorer now if it is not loaded yet.
@@ -133,6 +160,14 @@ impl ScoringService {
     /// in order. A row the scorer cannot score fails the call with [`ScorerError::Row`] naming
     /// it. Cache hits are answered here without copying anything; misses go to the worker.
     pub fn score(&self, function: &'static str, conversations: Vec<Conversation<'_>>) -> Result<Vec<f32>, ScorerError> {
+        let result = self.score_rows(function, conversations);
+        if let Some(observe) = self.observer.get() {
+            observe(self);
+        }
+        result
+    }
+
+    fn score_rows(&self, function: &'static str, conversations: Vec<Conversation<'_>>) -> Result<Vec<f32>, ScorerError> {
         self.counters.rows.fetch_add(conversations.len(), Ordering::Relaxed);
         let keys: Vec<ConversationKey> = conversations.iter().map(|c| conversation_key(c)).collect();
         let mut scores: Vec<Option<f32>> = {

@@ -14,6 +14,7 @@ use datafusion::logical_expr::{
 use skyscore_core::{Conversation, ScoreRequest};
 
 use crate::args::{coerce_string_args, score_error, scores_to_columnar, StrArg};
+use crate::options::expected_model;
 use crate::service::ScoringService;
 
 pub const NAME: &str = "skywork_score";
@@ -116,6 +117,9 @@ impl ScalarUDFImpl for SkyworkScore {
             }
         }
         let first_text = |k: usize| instruction.get(rows[k]).unwrap_or_default().to_string();
+        if let Some(expected) = expected_model(&args.config_options) {
+            self.service.check_model(expected).map_err(|e| score_error(NAME, &rows, &first_text, e))?;
+        }
         let scores = self.service.score(NAME, conversations).map_err(|e| score_error(NAME, &rows, first_text, e))?;
         Ok(scores_to_columnar(n, &rows, scores, all_scalar))
     }

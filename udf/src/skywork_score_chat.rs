@@ -16,6 +16,7 @@ use datafusion::logical_expr::{
 use skyscore_core::{ChatTurn, Conversation};
 
 use crate::args::{score_error, scores_to_columnar, StrArg};
+use crate::options::expected_model;
 use crate::service::ScoringService;
 use crate::skywork_score::DOC_SECTION;
 
@@ -131,6 +132,9 @@ impl ScalarUDFImpl for SkyworkScoreChat {
             let row = parse_messages(&array.slice(rows[k], 1)).ok().and_then(|mut v| v.pop().flatten());
             row.and_then(|turns| turns.into_iter().next()).map(|t| t.content.into_owned()).unwrap_or_default()
         };
+        if let Some(expected) = expected_model(&args.config_options) {
+            self.service.check_model(expected).map_err(|e| score_error(NAME, &rows, &first_text, e))?;
+        }
         let scores = self.service.score(NAME, conversations).map_err(|e| score_error(NAME, &rows, first_text, e))?;
         Ok(scores_to_columnar(n, &rows, scores, scalar))
     }
