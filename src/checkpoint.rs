@@ -83,11 +83,7 @@ impl Checkpoint {
         };
 
         let revision = files.cached_commit();
-        let weights = if !fetch_weights && revision.is_some() {
-            Vec::new()
-        } else {
-            Self::weight_files(files)?
-        };
+        let weights = if !fetch_weights && revision.is_some() { Vec::new() } else { Self::weight_files(files)? };
         let config_pad_token_id = config.get("pad_token_id").and_then(Json::as_u64).map(|v| v as u32);
         let small_files = [config_path.as_path(), tokenizer_path.as_path(), tokenizer_config_path.as_path()];
         let digest = |with_mtime| {

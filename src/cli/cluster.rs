@@ -85,10 +85,8 @@ pub struct ExecutorArgs {
 
 pub fn run(args: ClusterArgs) -> Result<()> {
     // Ballista's binaries give their threads 32 MB stacks (deep plans recurse); so do we.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_stack_size(32 * 1024 * 1024)
-        .build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().thread_stack_size(32 * 1024 * 1024).build()?;
     match args.command {
         ClusterCommand::Scheduler(a) => runtime.block_on(crate::cluster::scheduler::run(SchedulerOptions {
             bind: a.bind,

@@ -93,7 +93,7 @@ pub fn run(args: SqlArgs) -> Result<()> {
         let expected = crate::cluster::client::expected_model(&resolved);
         return runtime.block_on(async {
             let ctx = crate::cluster::client::connect(url, &service, args.partitions, &expected).await?;
-            run_session(&args, ctx, &service, Some(&expected)).await
+            run_session(&args, ctx, &service, true).await
         });
     }
     let (model, options) = (resolved.model.clone(), resolved.options.clone());
@@ -105,7 +105,7 @@ pub fn run(args: SqlArgs) -> Result<()> {
         args.cache_entries,
     );
     let ctx = new_session(&service, args.partitions);
-    let result = runtime.block_on(run_session(&args, ctx, &service, None));
+    let result = runtime.block_on(run_session(&args, ctx, &service, false));
 
     let summary = RunSummary::of_service(&service, &resolved, started.elapsed().as_secs_f64());
     let distributions = service.distributions();
@@ -137,14 +137,12 @@ fn suffixed(path: &std::path::Path, suffix: &str) -> PathBuf {
     path.with_file_name(format!("{stem}-{suffix}{ext}"))
 }
 
-/// Runs the statements (or the shell) on `ctx`. `cluster_metadata`: on a cluster, the facts of
-/// the model the executors serve, written into Parquet outputs (the local path writes the
-/// loaded model's metadata instead).
+/// Runs the statements (or the shell) on `ctx`, a local session or one on a cluster.
 async fn run_session(
     args: &SqlArgs,
     ctx: SessionContext,
     service: &Arc<ScoringService>,
-    cluster_metadata: Option<&[(String, String)]>,
+    on_cluster: bool,
 ) -> Result<()> {
     for spec in &args.tables {
         let (name, path) = spec.split_once('=').with_context(|| format!("-t {spec}: expected NAME=PATH"))?;
@@ -152,7 +150,7 @@ async fn run_session(
         if !path.exists() {
             bail!("-t {spec}: {} does not exist", path.display());
         }
-        if cluster_metadata.is_some() {
+        if on_cluster {
             // The scheduler and the executors resolve paths in their own working directories.
             path = std::fs::canonicalize(&path).with_context(|| format!("-t {spec}"))?;
         }
@@ -175,25 +173,35 @@ async fn run_session(
             return Ok(());
         }
     };
-    let copy_metadata = match cluster_metadata {
-        Some(facts) => Some(with_version(facts)),
-        None => {
-            if copies_scores(&ctx, &commands).await {
-                // COPY fixes its Parquet options when planned: load first so the files it
-                // writes carry the model's metadata.
-                let scorer = service.scorer().map_err(anyhow::Error::msg)?;
-                set_parquet_metadata(&ctx, &scorer.metadata());
-            }
-            None
-        }
-    };
-    let progress = ProgressTicker::start(service.clone(), !args.no_progress && cluster_metadata.is_none());
+    // COPY fixes its Parquet options when planned: load first so the files it writes carry the
+    // model's metadata. (On a cluster, DataFusion 55's plan serialization drops Parquet
+    // key-value metadata on the way to the executor that writes: cluster outputs have none.)
+    if !on_cluster && copies_scores(&ctx, &commands).await {
+        let scorer = service.scorer().map_err(anyhow::Error::msg)?;
+        set_parquet_metadata(&ctx, &scorer.metadata());
+    }
+    let progress = ProgressTicker::start(service.clone(), !args.no_progress && !on_cluster);
     let result = match &args.output {
-        Some(path) => write_query(&ctx, &commands, path, service, copy_metadata.as_deref()).await,
-        None => run_statements(&ctx, commands, &print_options, copy_metadata.as_deref()).await,
+        Some(path) => write_query(&ctx, &commands, path, service, on_cluster).await,
+        None => run_statements(&ctx, commands, &print_options, on_cluster).await,
     };
     progress.stop();
-    result.map_err(|e| anyhow::anyhow!(tidy_signature_error(&format!("{e:#}"))))
+    result.map_err(|e| anyhow::anyhow!(tidy_cluster_error(&tidy_signature_error(&format!("{e:#}")))))
+}
+
+/// Ballista reports a failed task as the debug form of nested errors (`... runtime execution
+/// error: DataFusionError(Shared(External(DataFusionError(Execution("skywork_score: ...")))))`);
+/// the innermost message is the one that helps, after the job's id.
+fn tidy_cluster_error(message: &str) -> String {
+    const WRAPPED: &str = "Execution(\"";
+    let Some(start) = message.rfind(WRAPPED).map(|i| i + WRAPPED.len()) else { return message.to_string() };
+    let rest = &message[start..];
+    let inner = &rest[..rest.find("\")").unwrap_or(rest.len())];
+    let inner = inner.replace("\\\"", "\"").replace("\\n", "\n");
+    match message.find("Job ").and_then(|i| message[i..].split_whitespace().nth(1)) {
+        Some(job) => format!("cluster job {job} failed: {inner}"),
+        None => format!("on the cluster: {inner}"),
+    }
 }
 
 /// DataFusion reports a call that matches none of a function's signatures as an internal
@@ -231,32 +239,11 @@ async fn copies_scores(ctx: &SessionContext, sql: &str) -> bool {
 /// Runs the statements as datafusion-cli would, except that a `COPY ... TO` a local path writes
 /// under a temporary name and replaces its target only when complete: a failed or interrupted
 /// COPY leaves an existing file as it was and no half-written one behind.
-/// `facts` plus the skyscore version, as written into Parquet outputs.
-fn with_version(facts: &[(String, String)]) -> Vec<(String, String)> {
-    let mut metadata = vec![("skyscore.version".to_string(), env!("CARGO_PKG_VERSION").to_string())];
-    metadata.extend(facts.iter().cloned());
-    metadata
-}
-
-/// On a cluster, `COPY ... TO 'x.parquet'` carries the model's metadata as its own options:
-/// session table options do not travel to the executor that writes the file.
-fn add_metadata_options(copy: &mut datafusion::sql::parser::CopyToStatement, metadata: &[(String, String)]) {
-    use datafusion::sql::sqlparser::ast::Value;
-    let parquet = copy.stored_as.as_deref().map(|s| s.eq_ignore_ascii_case("parquet")).unwrap_or_else(|| {
-        TableFormat::of_path(std::path::Path::new(&copy.target)) == Some(TableFormat::Parquet)
-    });
-    if parquet {
-        for (k, v) in metadata {
-            copy.options.push((format!("format.metadata::{k}"), Value::SingleQuotedString(v.clone())));
-        }
-    }
-}
-
 async fn run_statements(
     ctx: &SessionContext,
     commands: String,
     print_options: &PrintOptions,
-    copy_metadata: Option<&[(String, String)]>,
+    on_cluster: bool,
 ) -> Result<()> {
     let Ok(statements) = DFParser::parse_sql(&commands) else {
         // Let datafusion-cli report the syntax error as it does.
@@ -269,8 +256,7 @@ async fn run_statements(
         match statement {
             Statement::CopyTo(mut copy) if !copy.target.contains("://") => {
                 let mut target = PathBuf::from(&copy.target);
-                if let Some(metadata) = copy_metadata {
-                    add_metadata_options(&mut copy, metadata);
+                if on_cluster {
                     // The executor that writes the file resolves paths in its own directory.
                     target = crate::io::paths::absolute(&target)?;
                 }
@@ -315,16 +301,16 @@ async fn write_query(
     sql: &str,
     path: &std::path::Path,
     service: &ScoringService,
-    cluster_metadata: Option<&[(String, String)]>,
+    on_cluster: bool,
 ) -> Result<()> {
-    let path = &match cluster_metadata {
+    let path = &match on_cluster {
         // The executor that writes the file resolves paths in its own directory.
-        Some(_) => crate::io::paths::absolute(path)?,
-        None => path.to_path_buf(),
+        true => crate::io::paths::absolute(path)?,
+        false => path.to_path_buf(),
     };
     crate::io::paths::remove_stale_temps(path);
     let temp = crate::io::paths::temp_sibling(path);
-    let result = write_query_to(ctx, sql, path, &temp, service, cluster_metadata).await;
+    let result = write_query_to(ctx, sql, path, &temp, service, on_cluster).await;
     match result {
         Ok(rows) => {
             crate::io::paths::replace_with(&temp, path)?;
@@ -344,7 +330,7 @@ async fn write_query_to(
     path: &std::path::Path,
     temp: &std::path::Path,
     service: &ScoringService,
-    cluster_metadata: Option<&[(String, String)]>,
+    on_cluster: bool,
 ) -> Result<u64> {
     let location = temp.to_str().context("output path is not UTF-8")?;
     let df = ctx.sql(sql).await?;
@@ -352,12 +338,10 @@ async fn write_query_to(
     let written = match TableFormat::of_path(path) {
         Some(TableFormat::Parquet) => {
             let mut parquet = ctx.state().table_options().parquet.clone();
-            let metadata = match cluster_metadata {
-                Some(facts) => Some(facts.to_vec()),
-                None => service.scorer().ok().map(|s| s.metadata()),
-            };
-            for (k, v) in metadata.unwrap_or_default() {
-                parquet.key_value_metadata.insert(k, Some(v));
+            if !on_cluster {
+                for (k, v) in service.scorer().map(|s| s.metadata()).unwrap_or_default() {
+                    parquet.key_value_metadata.insert(k, Some(v));
+                }
             }
             df.write_parquet(location, options, Some(parquet)).await?
         }
@@ -419,7 +403,17 @@ impl ProgressTicker {
 
 #[cfg(test)]
 mod tests {
-    use super::tidy_signature_error;
+    use super::{tidy_cluster_error, tidy_signature_error};
+
+    #[test]
+    fn cluster_errors_show_the_innermost_message() {
+        let ballista = r#"Execution error: Job 038GW9JP8W000 failed: Job failed due to stage 1 failed: Task failed due to runtime execution error: DataFusionError(Shared(External(DataFusionError(Execution("skywork_score: scoring failed: skyscore.max_length: expected \"2048\", here 4096")))))"#;
+        assert_eq!(
+            tidy_cluster_error(ballista),
+            "cluster job 038GW9JP8W000 failed: skywork_score: scoring failed: skyscore.max_length: expected \"2048\", here 4096"
+        );
+        assert_eq!(tidy_cluster_error("table 'x' not found"), "table 'x' not found");
+    }
 
     #[test]
     fn signature_errors_show_our_message() {

@@ -54,18 +54,15 @@ pub async fn connect(
 ) -> Result<SessionContext> {
     let (host, port) = super::parse_address(url)?;
     // Ballista connects when the first query runs; an unreachable scheduler is better said now.
-    let reachable = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        tokio::net::TcpStream::connect((host.as_str(), port)),
-    )
-    .await;
+    let reachable =
+        tokio::time::timeout(std::time::Duration::from_secs(10), tokio::net::TcpStream::connect((host.as_str(), port)))
+            .await;
     if !matches!(reachable, Ok(Ok(_))) {
         anyhow::bail!(
             "no scheduler answers at {host}:{port} (start one with `skyscore cluster scheduler --bind {host}:{port}`)"
         );
     }
-    let mut config =
-        session_config().set_str("skyscore.expected_model", &expectation_json(expected));
+    let mut config = session_config().set_str("skyscore.expected_model", &expectation_json(expected));
     if let Some(n) = partitions {
         config = config.with_target_partitions(n.max(1));
     }

@@ -24,8 +24,7 @@ pub struct SchedulerOptions {
 /// Binds, prints `listening on HOST:PORT` on stdout (the port is the OS's pick with `:0`), and
 /// serves until the process ends.
 pub async fn run(options: SchedulerOptions) -> Result<()> {
-    let service =
-        ScoringService::lazy(Box::new(|| Err("the scheduler plans queries; executors score rows".into())), 1);
+    let service = ScoringService::lazy(Box::new(|| Err("the scheduler plans queries; executors score rows".into())), 1);
     let planning_service = service.clone();
     let mut config = SchedulerConfig {
         bind_host: options.bind.ip().to_string(),

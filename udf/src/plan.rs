@@ -20,17 +20,20 @@ use std::sync::Arc;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::Result;
+use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::projection::update_expr;
 use datafusion::physical_expr::utils::collect_columns;
 use datafusion::physical_expr::{conjunction, split_conjunction, PhysicalExpr, ScalarFunctionExpr};
+use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::expressions::Column;
 use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use datafusion::physical_plan::projection::ProjectionExec;
-use datafusion::execution::TaskContext;
-use datafusion::physical_optimizer::optimizer::PhysicalOptimizer;
-use datafusion::physical_plan::{replace_children_if_necessary, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, SendableRecordBatchStream};
+use datafusion::physical_plan::{
+    replace_children_if_necessary, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
+    SendableRecordBatchStream,
+};
 
 /// Names of the functions that run the model.
 pub const MODEL_FUNCTIONS: [&str; 2] = [crate::skywork_score::NAME, crate::skywork_score_chat::NAME];
@@ -340,6 +343,43 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(fake.rows_scored(), 100, "the case the rule is for");
+    }
+
+    /// A session like Ballista's (no round-robin repartition) over `t` written as a Parquet file:
+    /// nothing stands between the filter and the file scan.
+    async fn parquet_session(with_rules: bool) -> (SessionContext, Arc<FakeScorer>) {
+        let path = std::env::temp_dir().join(format!("skyscore-plan-{}-{with_rules}.parquet", std::process::id()));
+        let (ctx, _) = session(false);
+        ctx.sql(&format!("COPY t TO '{}' STORED AS PARQUET", path.display())).await.unwrap().collect().await.unwrap();
+        let config = SessionConfig::new().with_target_partitions(1).with_round_robin_repartition(false);
+        let mut builder = SessionStateBuilder::new().with_config(config).with_default_features();
+        if with_rules {
+            builder = builder.with_physical_optimizer_rules(model_aware_rules());
+        }
+        let ctx = SessionContext::new_with_state(builder.build());
+        let fake = FakeScorer::new();
+        crate::register(&ctx, ScoringService::new(fake.clone()));
+        ctx.register_parquet("t", path.to_str().unwrap(), Default::default()).await.unwrap();
+        (ctx, fake)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_model_stays_out_of_file_scans_below_a_filter() {
+        let (ctx, fake) = parquet_session(true).await;
+        let df = ctx.sql(FILTERED).await.unwrap();
+        let text = displayable(df.clone().create_physical_plan().await.unwrap().as_ref()).indent(true).to_string();
+        assert!(operator_line(&text, "skywork_score") < operator_line(&text, "FilterExec"), "{text}");
+        assert!(!text.contains("ModelInputMark"), "the marks are gone once planned:\n{text}");
+        let rows: usize = df.collect().await.unwrap().iter().map(|b| b.num_rows()).sum();
+        assert_eq!((rows, fake.rows_scored()), (7, 7));
+
+        // DataFusion alone merges the scoring projection into the scan, below the filter.
+        let (ctx, fake) = parquet_session(false).await;
+        let df = ctx.sql(FILTERED).await.unwrap();
+        let text = displayable(df.clone().create_physical_plan().await.unwrap().as_ref()).indent(true).to_string();
+        assert!(operator_line(&text, "DataSourceExec") == operator_line(&text, "skywork_score"), "{text}");
+        df.collect().await.unwrap();
+        assert_eq!(fake.rows_scored(), 100, "the case KeepModelAboveFilters is for");
     }
 
     #[tokio::test]

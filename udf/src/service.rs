@@ -167,7 +167,11 @@ impl ScoringService {
         result
     }
 
-    fn score_rows(&self, function: &'static str, conversations: Vec<Conversation<'_>>) -> Result<Vec<f32>, ScorerError> {
+    fn score_rows(
+        &self,
+        function: &'static str,
+        conversations: Vec<Conversation<'_>>,
+    ) -> Result<Vec<f32>, ScorerError> {
         self.counters.rows.fetch_add(conversations.len(), Ordering::Relaxed);
         let keys: Vec<ConversationKey> = conversations.iter().map(|c| conversation_key(c)).collect();
         let mut scores: Vec<Option<f32>> = {
