@@ -20,6 +20,21 @@ const SCORE: &str = "skywork_score(instruction, input, output)";
 /// A child process killed when dropped.
 struct Proc(Child);
 
+impl Proc {
+    /// SIGTERM, then whether the process ended within `timeout`.
+    fn terminate(&mut self, timeout: Duration) -> bool {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.0.try_wait().unwrap().is_some() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -40,7 +55,7 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 }
 
 struct Executor {
-    _proc: Proc,
+    proc: Proc,
     stats: PathBuf,
     log: PathBuf,
 }
@@ -57,7 +72,7 @@ impl Executor {
 struct Cluster {
     executors: Vec<Executor>,
     url: String,
-    _scheduler: Proc,
+    scheduler: Proc,
 }
 
 impl Cluster {
@@ -95,7 +110,7 @@ impl Cluster {
                     .stderr(std::fs::File::create(&log).unwrap())
                     .spawn()
                     .unwrap();
-                Executor { _proc: Proc(child), stats, log }
+                Executor { proc: Proc(child), stats, log }
             })
             .collect::<Vec<_>>();
         for e in &executors {
@@ -103,7 +118,7 @@ impl Cluster {
                 std::fs::read_to_string(&e.log).unwrap_or_default().contains("Executor registration succeed")
             });
         }
-        Cluster { executors, url: format!("df://{address}"), _scheduler: scheduler }
+        Cluster { executors, url: format!("df://{address}"), scheduler: scheduler }
     }
 
     fn model_rows(&self) -> usize {
@@ -261,6 +276,13 @@ fn executors_serving_another_model_fail_the_query_clearly() {
     // No scheduler at the address: said at once.
     let run = skyscore(&["sql", "--cluster", &format!("df://127.0.0.1:{}", free_port()), &query]);
     assert!(!run.status.success() && stderr(&run).contains("no scheduler answers at 127.0.0.1:"), "{}", stderr(&run));
+
+    // SIGTERM ends the cluster's processes.
+    let mut cluster = cluster;
+    for executor in &mut cluster.executors {
+        assert!(executor.proc.terminate(Duration::from_secs(20)), "the executor ends on SIGTERM");
+    }
+    assert!(cluster.scheduler.terminate(Duration::from_secs(20)), "the scheduler ends on SIGTERM");
 }
 
 #[test]

@@ -67,7 +67,11 @@ fn init_tracing(verbose: u8) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
-    crate::interrupt::install();
+    // Jobs stop between batches on Ctrl-C / SIGTERM; cluster processes keep the signals'
+    // usual meaning (Ballista's executor shuts itself down on them, the scheduler just ends).
+    if !matches!(cli.command, Command::Cluster(_)) {
+        crate::interrupt::install();
+    }
     let result = match cli.command {
         Command::Score(args) => score::run(args),
         Command::Sql(args) => sql::run(args),
