@@ -118,7 +118,7 @@ impl Cluster {
                 std::fs::read_to_string(&e.log).unwrap_or_default().contains("Executor registration succeed")
             });
         }
-        Cluster { executors, url: format!("df://{address}"), scheduler: scheduler }
+        Cluster { executors, url: format!("df://{address}"), scheduler }
     }
 
     fn model_rows(&self) -> usize {

@@ -26,6 +26,8 @@ pub struct ClusterArgs {
     pub command: ClusterCommand,
 }
 
+// Parsed once per process: the size of the executor's flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
     /// Plans queries and hands their tasks to executors (Ballista's scheduler with skyscore's

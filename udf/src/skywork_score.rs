@@ -118,7 +118,7 @@ impl ScalarUDFImpl for SkyworkScore {
         }
         let first_text = |k: usize| instruction.get(rows[k]).unwrap_or_default().to_string();
         if let Some(expected) = expected_model(&args.config_options) {
-            self.service.check_model(expected).map_err(|e| score_error(NAME, &rows, &first_text, e))?;
+            self.service.check_model(expected).map_err(|e| score_error(NAME, &rows, first_text, e))?;
         }
         let scores = self.service.score(NAME, conversations).map_err(|e| score_error(NAME, &rows, first_text, e))?;
         Ok(scores_to_columnar(n, &rows, scores, all_scalar))

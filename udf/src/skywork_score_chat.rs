@@ -133,7 +133,7 @@ impl ScalarUDFImpl for SkyworkScoreChat {
             row.and_then(|turns| turns.into_iter().next()).map(|t| t.content.into_owned()).unwrap_or_default()
         };
         if let Some(expected) = expected_model(&args.config_options) {
-            self.service.check_model(expected).map_err(|e| score_error(NAME, &rows, &first_text, e))?;
+            self.service.check_model(expected).map_err(|e| score_error(NAME, &rows, first_text, e))?;
         }
         let scores = self.service.score(NAME, conversations).map_err(|e| score_error(NAME, &rows, first_text, e))?;
         Ok(scores_to_columnar(n, &rows, scores, scalar))
