@@ -4,6 +4,10 @@
 #
 #   bench/cpu_bench.sh [SKYSCORE_BINARY] [PYTHON]
 #
+# With BF16=1 (the default), also bf16 on both sides: skyscore --dtype bf16 (its AVX512-BF16
+# kernel where the CPU has it) against transformers bf16, length-sorted; scores compared with
+# transformers f32 (results/cpu-<model>-bf16.json). BF16=0 skips it.
+#
 # Needs the Python environment of tests/reference/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,5 +64,28 @@ res = {"model": tag, "rows": sky["rows"], "tokens": sky["tokens"],
        "max_abs_delta": delta}
 print(json.dumps(res, indent=1))
 json.dump(res, open(f"bench/results/cpu-{tag}.json", "w"), indent=1)
+PYEOF
+  [ "${BF16:-1}" = 1 ] || continue
+  run "skyscore-bf16-$tag" "$BIN" score --model "$model" --input "$rows" --output "$WORK/sky16-$tag.jsonl" \
+    --dtype bf16 --stats-json "$WORK/sky16-$tag.stats.json" --no-progress --no-store
+  run "python-sorted-bf16-$tag" "$PY" tests/reference/reference_score.py --model "$model" \
+    --input "$rows" --output "$WORK/pys16-$tag.jsonl" --sort-by-length --dtype bfloat16
+  "$PY" - "$WORK" "$tag" "$(grep -c avx512_bf16 /proc/cpuinfo || true)" <<'PYEOF'
+import json, sys
+work, tag, has_kernel = sys.argv[1], sys.argv[2], int(sys.argv[3]) > 0
+sky32 = json.load(open(f"{work}/sky-{tag}.stats.json"))
+sky = json.load(open(f"{work}/sky16-{tag}.stats.json"))
+pys = json.loads(open(f"{work}/python-sorted-bf16-{tag}.err").read().strip().splitlines()[-1])
+scores = lambda name: {json.dumps(r["id"]): r["score"] for r in map(json.loads, open(f"{work}/{name}.jsonl"))}
+f32, sky16, py16 = scores(f"py-{tag}"), scores(f"sky16-{tag}"), scores(f"pys16-{tag}")
+res = {"model": tag, "rows": sky["rows"], "tokens": sky["tokens"], "cpu_avx512_bf16": has_kernel,
+       "skyscore_bf16_tokens_per_s": round(sky["tokens_per_s"]), "skyscore_f32_tokens_per_s": round(sky32["tokens_per_s"]),
+       "python_sorted_bf16_tokens_per_s": round(pys["tokens_per_s"]),
+       "ratio_vs_python_bf16_sorted": round(sky["tokens_per_s"] / pys["tokens_per_s"], 2),
+       "skyscore_bf16_vs_f32": round(sky["tokens_per_s"] / sky32["tokens_per_s"], 2),
+       "max_abs_delta_skyscore_bf16_vs_transformers_f32": max(abs(sky16[k] - f32[k]) for k in f32),
+       "max_abs_delta_transformers_bf16_vs_f32": max(abs(py16[k] - f32[k]) for k in f32)}
+print(json.dumps(res, indent=1))
+json.dump(res, open(f"bench/results/cpu-{tag}-bf16.json", "w"), indent=1)
 PYEOF
 done

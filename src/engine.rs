@@ -32,7 +32,7 @@ use crate::checkpoint::Checkpoint;
 use crate::device::{is_out_of_memory, DeviceList, DeviceSpec};
 use crate::encode::{Encoded, PromptEncoder, TruncationSide};
 use crate::hub::{FileSource, ModelSource};
-use crate::models::{Dtype, ModelBatch, RewardModel};
+use crate::models::{Dtype, LinearKind, ModelBatch, RewardModel};
 use crate::store::{ModelId, ScoreStore};
 use crate::template::ChatTemplate;
 
@@ -158,6 +158,8 @@ pub struct Engine {
     bytes_per_token: u64,
     /// Scores this engine has committed to the store (what a rerun will not compute again).
     committed_rows: AtomicUsize,
+    /// How the projections run (the bf16 kernel rounds differently from candle's bf16).
+    linear_kind: LinearKind,
 }
 
 /// Attention scores computed at once are bounded by the blocked attention (64M f32 scores).
@@ -216,14 +218,26 @@ impl Engine {
         let pad_token_id =
             checkpoint.config_pad_token_id.or_else(|| special.get("pad_token").and_then(|t| encoder.token_to_id(t)));
 
+        // bf16 on a CPU with AVX512-BF16: the linear layers run through skyscore's bf16 kernel,
+        // everything else in f32 (candle's CPU bf16 widens every product to f32 and is slower
+        // than f32). Elsewhere candle runs the whole model in the dtype asked for.
+        let linear_kind = if !opts.on_gpu() && opts.dtype == Dtype::Bf16 && crate::models::cpu_bf16_kernel() {
+            LinearKind::PackedBf16
+        } else {
+            LinearKind::Dense
+        };
+        let load_dtype = match linear_kind {
+            LinearKind::PackedBf16 => candle_core::DType::F32,
+            LinearKind::Dense => opts.dtype.candle(),
+        };
         let mut replicas = Vec::with_capacity(opts.devices.0.len());
         for spec in &opts.devices.0 {
             let device = spec.open()?;
             // SAFETY: the safetensors files are memory-mapped read-only; skyscore never writes them
             // and a checkpoint is not expected to change while it is being scored with.
-            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&checkpoint.weights, opts.dtype.candle(), &device) }
+            let vb = unsafe { VarBuilder::from_mmaped_safetensors(&checkpoint.weights, load_dtype, &device) }
                 .with_context(|| format!("reading weights of `{model}`"))?;
-            let model_impl = RewardModel::load(&checkpoint.arch, vb)
+            let model_impl = RewardModel::load(&checkpoint.arch, vb, linear_kind)
                 .with_context(|| format!("loading {} weights of `{model}` on {spec}", checkpoint.arch.name()))?;
             replicas.push(Replica { spec: *spec, device, model: model_impl });
         }
@@ -246,6 +260,7 @@ impl Engine {
             store: None,
             bytes_per_token,
             committed_rows: AtomicUsize::new(0),
+            linear_kind,
         };
         if let Some(path) = &opts.store {
             engine.store = engine.open_store(path)?;
@@ -255,6 +270,7 @@ impl Engine {
             model,
             arch = checkpoint.arch.name(),
             dtype = %opts.dtype,
+            linear = ?linear_kind,
             devices = %opts.devices,
             max_batch_tokens = max_tokens,
             chunk_rows = opts.chunk_rows(),
@@ -276,7 +292,11 @@ impl Engine {
             );
             return Ok(None);
         };
-        let kind = if self.options.on_gpu() { "cuda" } else { "cpu" };
+        let kind = match (self.options.on_gpu(), self.linear_kind) {
+            (true, _) => "cuda",
+            (false, LinearKind::PackedBf16) => "cpu-bf16-kernel",
+            (false, LinearKind::Dense) => "cpu",
+        };
         let description = format!(
             "{};skyscore.device={kind};skyscore.files_sha256={}",
             self.fingerprint(),

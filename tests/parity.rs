@@ -175,16 +175,20 @@ fn real_templates_render_like_transformers() {
 #[test]
 fn half_precision_scores_stay_close() {
     let rows = parity_rows();
-    let rows = &rows[..40];
-    let reqs = requests(rows);
-    let expected = expected("tiny-qwen3", "full");
-    for (dtype, bound) in [("f16", 1e-2), ("bf16", 1e-1)] {
-        let opts = EngineOptions { dtype: dtype.parse().unwrap(), ..Default::default() };
-        let engine = Engine::load(model_dir("tiny-qwen3").to_str().unwrap(), &opts).unwrap();
-        let scores = scores(&engine, &reqs);
-        let max_delta = scores.iter().zip(&expected).map(|(s, e)| (*s as f64 - e.score).abs()).fold(0.0, f64::max);
-        eprintln!("tiny-qwen3 {dtype}: max |Δ| vs transformers f32 = {max_delta:.3e}");
-        assert!(max_delta <= bound, "{dtype}: max |Δ| {max_delta}");
-        assert!(max_delta > 0.0, "{dtype}: weights really were converted");
+    let reqs = requests(&rows);
+    // bf16: on a CPU with AVX512-BF16 the linear layers run through skyscore's bf16 kernel
+    // (everything else f32), elsewhere through candle's bf16; either stays within 0.05.
+    for model in MODELS {
+        let expected = expected(model, "full");
+        for (dtype, bound) in [("f16", 1e-2), ("bf16", 5e-2)] {
+            let opts = EngineOptions { dtype: dtype.parse().unwrap(), ..Default::default() };
+            let engine = Engine::load(model_dir(model).to_str().unwrap(), &opts).unwrap();
+            let scores = scores(&engine, &reqs);
+            let max_delta =
+                scores.iter().zip(&expected).map(|(s, e)| (*s as f64 - e.score).abs()).fold(0.0, f64::max);
+            eprintln!("{model} {dtype}: max |Δ| vs transformers f32 over {} rows = {max_delta:.3e}", rows.len());
+            assert!(max_delta <= bound, "{model} {dtype}: max |Δ| {max_delta}");
+            assert!(max_delta > 0.0, "{dtype}: weights really were converted");
+        }
     }
 }

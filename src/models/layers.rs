@@ -6,6 +6,47 @@ use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{linear_b, Linear, VarBuilder};
 use serde::Deserialize;
 
+/// How a decoder's projections (attention and MLP) hold their weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinearKind {
+    /// candle tensors in the VarBuilder's dtype.
+    Dense,
+    /// bf16, packed for the AVX512-BF16 kernel; activations and everything else in f32.
+    PackedBf16,
+}
+
+/// A projection: candle's `Linear`, or the bf16 kernel's packed weights.
+#[derive(Debug, Clone)]
+pub enum Proj {
+    Dense(Linear),
+    #[cfg(target_arch = "x86_64")]
+    PackedBf16(std::sync::Arc<super::bf16_linear::Bf16Linear>),
+}
+
+impl Proj {
+    pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder, kind: LinearKind) -> Result<Self> {
+        match kind {
+            LinearKind::Dense => Ok(Proj::Dense(linear_b(in_dim, out_dim, bias, vb)?)),
+            #[cfg(target_arch = "x86_64")]
+            LinearKind::PackedBf16 => {
+                Ok(Proj::PackedBf16(std::sync::Arc::new(super::bf16_linear::Bf16Linear::load(in_dim, out_dim, bias, vb)?)))
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            LinearKind::PackedBf16 => candle_core::bail!("the bf16 kernel needs an x86-64 CPU with AVX512-BF16"),
+        }
+    }
+}
+
+impl Module for Proj {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        match self {
+            Proj::Dense(linear) => linear.forward(xs),
+            #[cfg(target_arch = "x86_64")]
+            Proj::PackedBf16(packed) => packed.forward(xs),
+        }
+    }
+}
+
 /// `rope_scaling` / `rope_parameters` as written in config.json.
 #[derive(Debug, Clone, Deserialize, Default)]
 pub struct RopeParameters {
@@ -273,17 +314,17 @@ impl Module for RmsNorm {
 /// The SwiGLU feed-forward block of Llama and Qwen3.
 #[derive(Debug, Clone)]
 pub struct GatedMlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: Proj,
+    up_proj: Proj,
+    down_proj: Proj,
 }
 
 impl GatedMlp {
-    pub fn load(hidden: usize, intermediate: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn load(hidden: usize, intermediate: usize, bias: bool, vb: VarBuilder, kind: LinearKind) -> Result<Self> {
         Ok(Self {
-            gate_proj: linear_b(hidden, intermediate, bias, vb.pp("gate_proj"))?,
-            up_proj: linear_b(hidden, intermediate, bias, vb.pp("up_proj"))?,
-            down_proj: linear_b(intermediate, hidden, bias, vb.pp("down_proj"))?,
+            gate_proj: Proj::load(hidden, intermediate, bias, vb.pp("gate_proj"), kind)?,
+            up_proj: Proj::load(hidden, intermediate, bias, vb.pp("up_proj"), kind)?,
+            down_proj: Proj::load(intermediate, hidden, bias, vb.pp("down_proj"), kind)?,
         })
     }
 }

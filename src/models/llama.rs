@@ -2,11 +2,11 @@
 //! `score` head, evaluated at the pooled token. No KV cache: scoring is one full forward.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{embedding, linear_b, linear_no_bias, Embedding, Linear, VarBuilder};
+use candle_nn::{embedding, linear_no_bias, Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
 use super::layers::{
-    attention, run_decoder, score_rows, GatedMlp, QueryRows, RmsNorm, RopeParameters, RotaryEmbedding,
+    LinearKind, Proj,     attention, run_decoder, score_rows, GatedMlp, QueryRows, RmsNorm, RopeParameters, RotaryEmbedding,
 };
 use super::ModelBatch;
 
@@ -55,25 +55,25 @@ impl LlamaConfig {
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
 }
 
 impl Attention {
-    fn load(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &LlamaConfig, vb: VarBuilder, kind: LinearKind) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
         let bias = cfg.attention_bias;
         Ok(Self {
-            q_proj: linear_b(h, heads * hd, bias, vb.pp("q_proj"))?,
-            k_proj: linear_b(h, kv_heads * hd, bias, vb.pp("k_proj"))?,
-            v_proj: linear_b(h, kv_heads * hd, bias, vb.pp("v_proj"))?,
-            o_proj: linear_b(heads * hd, h, bias, vb.pp("o_proj"))?,
+            q_proj: Proj::load(h, heads * hd, bias, vb.pp("q_proj"), kind)?,
+            k_proj: Proj::load(h, kv_heads * hd, bias, vb.pp("k_proj"), kind)?,
+            v_proj: Proj::load(h, kv_heads * hd, bias, vb.pp("v_proj"), kind)?,
+            o_proj: Proj::load(heads * hd, h, bias, vb.pp("o_proj"), kind)?,
             heads,
             kv_heads,
             head_dim: hd,
@@ -108,16 +108,16 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn load(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &LlamaConfig, vb: VarBuilder, kind: LinearKind) -> Result<Self> {
         Ok(Self {
             input_layernorm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
-            self_attn: Attention::load(cfg, vb.pp("self_attn"))?,
+            self_attn: Attention::load(cfg, vb.pp("self_attn"), kind)?,
             post_attention_layernorm: RmsNorm::load(
                 cfg.hidden_size,
                 cfg.rms_norm_eps,
                 vb.pp("post_attention_layernorm"),
             )?,
-            mlp: GatedMlp::load(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias, vb.pp("mlp"))?,
+            mlp: GatedMlp::load(cfg.hidden_size, cfg.intermediate_size, cfg.mlp_bias, vb.pp("mlp"), kind)?,
         })
     }
 
@@ -140,10 +140,10 @@ pub struct LlamaForSequenceClassification {
 }
 
 impl LlamaForSequenceClassification {
-    pub fn load(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn load(cfg: &LlamaConfig, vb: VarBuilder, kind: LinearKind) -> Result<Self> {
         let m = vb.pp("model");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::load(cfg, m.pp(format!("layers.{i}"))))
+            .map(|i| DecoderLayer::load(cfg, m.pp(format!("layers.{i}")), kind))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embed_tokens: embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?,

@@ -1,6 +1,8 @@
 //! The reward models. One file per architecture, each with its config struct and a plain
 //! forward; `layers` holds the blocks they share.
 
+#[cfg(target_arch = "x86_64")]
+pub mod bf16_linear;
 pub mod layers;
 pub mod llama;
 pub mod qwen3;
@@ -9,7 +11,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use serde_json::Value as Json;
 
-pub use layers::pooled_index;
+pub use layers::{pooled_index, LinearKind};
 use llama::{LlamaConfig, LlamaForSequenceClassification};
 use qwen3::{Qwen3Config, Qwen3ForSequenceClassification};
 
@@ -139,11 +141,20 @@ impl ArchConfig {
     }
 }
 
+/// Whether this CPU has the bf16 kernel (AVX512-BF16): `--dtype bf16` on CPU then runs the
+/// linear layers in bf16 and the rest in f32, instead of candle's all-bf16 path.
+pub fn cpu_bf16_kernel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return bf16_linear::supported();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
 impl RewardModel {
-    pub fn load(config: &ArchConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn load(config: &ArchConfig, vb: VarBuilder, kind: LinearKind) -> Result<Self> {
         Ok(match config {
-            ArchConfig::Llama(c) => RewardModel::Llama(LlamaForSequenceClassification::load(c, vb)?),
-            ArchConfig::Qwen3(c) => RewardModel::Qwen3(Qwen3ForSequenceClassification::load(c, vb)?),
+            ArchConfig::Llama(c) => RewardModel::Llama(LlamaForSequenceClassification::load(c, vb, kind)?),
+            ArchConfig::Qwen3(c) => RewardModel::Qwen3(Qwen3ForSequenceClassification::load(c, vb, kind)?),
         })
     }
 

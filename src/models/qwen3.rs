@@ -2,11 +2,11 @@
 //! `head_dim`, GQA) plus the `score` head, evaluated at the pooled token. No KV cache.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{embedding, linear_b, linear_no_bias, Embedding, Linear, VarBuilder};
+use candle_nn::{embedding, linear_no_bias, Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
 use super::layers::{
-    attention, run_decoder, score_rows, GatedMlp, QueryRows, RmsNorm, RopeParameters, RotaryEmbedding,
+    LinearKind, Proj,     attention, run_decoder, score_rows, GatedMlp, QueryRows, RmsNorm, RopeParameters, RotaryEmbedding,
 };
 use super::ModelBatch;
 
@@ -54,10 +54,10 @@ impl Qwen3Config {
 
 #[derive(Debug, Clone)]
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
     q_norm: RmsNorm,
     k_norm: RmsNorm,
     heads: usize,
@@ -66,15 +66,15 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(cfg: &Qwen3Config, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &Qwen3Config, vb: VarBuilder, kind: LinearKind) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
         let bias = cfg.attention_bias;
         Ok(Self {
-            q_proj: linear_b(h, heads * hd, bias, vb.pp("q_proj"))?,
-            k_proj: linear_b(h, kv_heads * hd, bias, vb.pp("k_proj"))?,
-            v_proj: linear_b(h, kv_heads * hd, bias, vb.pp("v_proj"))?,
-            o_proj: linear_b(heads * hd, h, bias, vb.pp("o_proj"))?,
+            q_proj: Proj::load(h, heads * hd, bias, vb.pp("q_proj"), kind)?,
+            k_proj: Proj::load(h, kv_heads * hd, bias, vb.pp("k_proj"), kind)?,
+            v_proj: Proj::load(h, kv_heads * hd, bias, vb.pp("v_proj"), kind)?,
+            o_proj: Proj::load(heads * hd, h, bias, vb.pp("o_proj"), kind)?,
             q_norm: RmsNorm::load(hd, cfg.rms_norm_eps, vb.pp("q_norm"))?,
             k_norm: RmsNorm::load(hd, cfg.rms_norm_eps, vb.pp("k_norm"))?,
             heads,
@@ -112,16 +112,16 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn load(cfg: &Qwen3Config, vb: VarBuilder) -> Result<Self> {
+    fn load(cfg: &Qwen3Config, vb: VarBuilder, kind: LinearKind) -> Result<Self> {
         Ok(Self {
             input_layernorm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
-            self_attn: Attention::load(cfg, vb.pp("self_attn"))?,
+            self_attn: Attention::load(cfg, vb.pp("self_attn"), kind)?,
             post_attention_layernorm: RmsNorm::load(
                 cfg.hidden_size,
                 cfg.rms_norm_eps,
                 vb.pp("post_attention_layernorm"),
             )?,
-            mlp: GatedMlp::load(cfg.hidden_size, cfg.intermediate_size, false, vb.pp("mlp"))?,
+            mlp: GatedMlp::load(cfg.hidden_size, cfg.intermediate_size, false, vb.pp("mlp"), kind)?,
         })
     }
 
@@ -144,13 +144,13 @@ pub struct Qwen3ForSequenceClassification {
 }
 
 impl Qwen3ForSequenceClassification {
-    pub fn load(cfg: &Qwen3Config, vb: VarBuilder) -> Result<Self> {
+    pub fn load(cfg: &Qwen3Config, vb: VarBuilder, kind: LinearKind) -> Result<Self> {
         if cfg.use_sliding_window {
             candle_core::bail!("Qwen3 checkpoints with use_sliding_window=true are not supported");
         }
         let m = vb.pp("model");
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::load(cfg, m.pp(format!("layers.{i}"))))
+            .map(|i| DecoderLayer::load(cfg, m.pp(format!("layers.{i}")), kind))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             embed_tokens: embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?,
