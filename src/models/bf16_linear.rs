@@ -124,10 +124,17 @@ impl Module for Bf16Linear {
             candle_core::bail!("Bf16Linear: input has {k} features, the weight {}", self.k);
         }
         let m = xs.elem_count() / k;
-        let x = xs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        // Read the activations where they are (a copy would cost page faults on a fresh buffer).
+        let xs = xs.to_dtype(DType::F32)?.contiguous()?;
+        let y = {
+            let (storage, layout) = xs.storage_and_layout();
+            let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("Bf16Linear runs on CPU") };
+            let (start, end) = layout.contiguous_offsets().expect("made contiguous above");
+            self.matmul(&cpu.as_slice::<f32>()?[start..end], m)
+        };
         let mut out_dims = dims;
         *out_dims.last_mut().expect("non-empty") = self.n;
-        let y = Tensor::from_vec(self.matmul(&x, m), out_dims, &Device::Cpu)?;
+        let y = Tensor::from_vec(y, out_dims, &Device::Cpu)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
