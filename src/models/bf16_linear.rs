@@ -43,8 +43,11 @@ impl Bf16Linear {
     pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints_dtype((out_dim, in_dim), "weight", Default::default(), DType::BF16)?;
         let bias = if bias { Some(vb.get_with_hints_dtype(out_dim, "bias", Default::default(), DType::F32)?) } else { None };
-        let weight: Vec<bf16> = weight.flatten_all()?.to_vec1()?;
-        Ok(Self::pack(&weight, out_dim, in_dim, bias))
+        let weight = weight.contiguous()?;
+        let (storage, layout) = weight.storage_and_layout();
+        let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("Bf16Linear loads on CPU") };
+        let (start, end) = layout.contiguous_offsets().expect("made contiguous above");
+        Ok(Self::pack(&cpu.as_slice::<bf16>()?[start..end], out_dim, in_dim, bias))
     }
 
     /// Packs a row-major `[n, k]` bf16 weight.
