@@ -184,8 +184,7 @@ fn half_precision_scores_stay_close() {
             let opts = EngineOptions { dtype: dtype.parse().unwrap(), ..Default::default() };
             let engine = Engine::load(model_dir(model).to_str().unwrap(), &opts).unwrap();
             let scores = scores(&engine, &reqs);
-            let max_delta =
-                scores.iter().zip(&expected).map(|(s, e)| (*s as f64 - e.score).abs()).fold(0.0, f64::max);
+            let max_delta = scores.iter().zip(&expected).map(|(s, e)| (*s as f64 - e.score).abs()).fold(0.0, f64::max);
             eprintln!("{model} {dtype}: max |Δ| vs transformers f32 over {} rows = {max_delta:.3e}", rows.len());
             assert!(max_delta <= bound, "{model} {dtype}: max |Δ| {max_delta}");
             assert!(max_delta > 0.0, "{dtype}: weights really were converted");

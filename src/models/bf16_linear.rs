@@ -42,7 +42,8 @@ impl Bf16Linear {
     /// Loads `weight` (and `bias`) under `vb`, the weight read as bf16 and packed, the bias in f32.
     pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         let weight = vb.get_with_hints_dtype((out_dim, in_dim), "weight", Default::default(), DType::BF16)?;
-        let bias = if bias { Some(vb.get_with_hints_dtype(out_dim, "bias", Default::default(), DType::F32)?) } else { None };
+        let bias =
+            if bias { Some(vb.get_with_hints_dtype(out_dim, "bias", Default::default(), DType::F32)?) } else { None };
         let weight = weight.contiguous()?;
         let (storage, layout) = weight.storage_and_layout();
         let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("Bf16Linear loads on CPU") };
@@ -86,9 +87,8 @@ impl Bf16Linear {
         });
         let mut y = vec![0f32; m * n];
         let groups = n.div_ceil(16).div_ceil(NR);
-        let items: Vec<(usize, usize)> = (0..m.div_ceil(MC))
-            .flat_map(|rb| (0..groups.div_ceil(NC_GROUPS)).map(move |gb| (rb, gb)))
-            .collect();
+        let items: Vec<(usize, usize)> =
+            (0..m.div_ceil(MC)).flat_map(|rb| (0..groups.div_ceil(NC_GROUPS)).map(move |gb| (rb, gb))).collect();
         let out = SendPtr(y.as_mut_ptr());
         items.into_par_iter().for_each(|(rb, gb)| {
             let out = &out;
@@ -175,7 +175,7 @@ unsafe fn tile(a: *const u32, pairs: usize, rows: usize, b: *const u32, out: *mu
     for q in 0..pairs {
         let mut bv: [__m512bh; NR] = std::mem::zeroed();
         for (j, v) in bv.iter_mut().enumerate().take(panels) {
-            *v = std::mem::transmute(_mm512_loadu_si512(b.add((j * pairs + q) * 16) as *const _));
+            *v = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(b.add((j * pairs + q) * 16) as *const _));
         }
         for (r, row_acc) in acc.iter_mut().enumerate().take(rows) {
             let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * pairs + q) as i32));
@@ -209,7 +209,9 @@ mod tests {
             eprintln!("this CPU has no AVX512-BF16: the kernel is not used here");
             return;
         }
-        for (m, k, n) in [(1, 1, 1), (3, 5, 7), (8, 16, 16), (9, 33, 17), (70, 64, 50), (130, 257, 400), (16, 1024, 3072)] {
+        for (m, k, n) in
+            [(1, 1, 1), (3, 5, 7), (8, 16, 16), (9, 33, 17), (70, 64, 50), (130, 257, 400), (16, 1024, 3072)]
+        {
             let (x, w) = (values(m * k, 1), values(n * k, 2));
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
             let bias = Tensor::from_vec(values(n, 3), n, &Device::Cpu).unwrap();
@@ -223,7 +225,8 @@ mod tests {
                     let terms = (0..k).map(|i| round(x[r * k + i]) * wb[c * k + i].to_f32() as f64);
                     let exact: f64 = terms.clone().sum::<f64>() + b[c] as f64;
                     // f32 accumulation: error within a few ulps × √k of the sum of |terms|.
-                    let bound = 4.0 * f32::EPSILON as f64 * (k as f64).sqrt() * (terms.map(f64::abs).sum::<f64>() + 1.0);
+                    let bound =
+                        4.0 * f32::EPSILON as f64 * (k as f64).sqrt() * (terms.map(f64::abs).sum::<f64>() + 1.0);
                     let got = y[r * n + c] as f64;
                     assert!((got - exact).abs() <= bound, "{m}×{k}×{n} at ({r},{c}): {got} vs {exact}");
                 }

@@ -28,9 +28,9 @@ impl Proj {
         match kind {
             LinearKind::Dense => Ok(Proj::Dense(linear_b(in_dim, out_dim, bias, vb)?)),
             #[cfg(target_arch = "x86_64")]
-            LinearKind::PackedBf16 => {
-                Ok(Proj::PackedBf16(std::sync::Arc::new(super::bf16_linear::Bf16Linear::load(in_dim, out_dim, bias, vb)?)))
-            }
+            LinearKind::PackedBf16 => Ok(Proj::PackedBf16(std::sync::Arc::new(super::bf16_linear::Bf16Linear::load(
+                in_dim, out_dim, bias, vb,
+            )?))),
             #[cfg(not(target_arch = "x86_64"))]
             LinearKind::PackedBf16 => candle_core::bail!("the bf16 kernel needs an x86-64 CPU with AVX512-BF16"),
         }

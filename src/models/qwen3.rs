@@ -6,7 +6,7 @@ use candle_nn::{embedding, linear_no_bias, Embedding, Linear, VarBuilder};
 use serde::Deserialize;
 
 use super::layers::{
-    LinearKind, Proj,     attention, run_decoder, score_rows, GatedMlp, QueryRows, RmsNorm, RopeParameters, RotaryEmbedding,
+    attention, run_decoder, score_rows, GatedMlp, LinearKind, Proj, QueryRows, RmsNorm, RopeParameters, RotaryEmbedding,
 };
 use super::ModelBatch;
 
