@@ -237,6 +237,23 @@ fn a_cluster_scores_like_a_local_run_and_filters_before_the_model() {
         "SELECT count(*), count(DISTINCT id), count(score) FROM scored",
     ]);
     assert!(String::from_utf8_lossy(&check.stdout).contains("320,320,320"), "{}", stderr(&check));
+
+    // --output with ORDER BY: the same top rows as the local run (ties broken by id).
+    let top = dir.path().join("top.csv");
+    let ordered = format!("SELECT id, {SCORE} AS score FROM sft ORDER BY score DESC, id LIMIT 10");
+    let run = cluster.sql(&table, &["--output", p(&top), &ordered]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let written = std::fs::read_to_string(&top).unwrap();
+    // (Every field is quoted: DataFusion 55's plan codec swaps the CSV quote styles.)
+    let ids: Vec<i64> = written
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().trim_matches('"').parse().expect(&written))
+        .collect();
+    let mut by_score: Vec<(&i64, &f64)> = local.iter().collect();
+    by_score.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+    let expected: Vec<i64> = by_score.iter().take(10).map(|(id, _)| **id).collect();
+    assert_eq!(ids, expected);
 }
 
 #[test]
