@@ -158,8 +158,8 @@ pub struct Engine {
     bytes_per_token: u64,
     /// Scores this engine has committed to the store (what a rerun will not compute again).
     committed_rows: AtomicUsize,
-    /// How the projections run (the bf16 kernel rounds differently from candle's bf16).
-    linear_kind: LinearKind,
+    /// The projections run through the bf16 kernel (which rounds differently from candle's bf16).
+    packed_bf16: bool,
 }
 
 /// Attention scores computed at once are bounded by the blocked attention (64M f32 scores).
@@ -221,15 +221,16 @@ impl Engine {
         // bf16 on a CPU with AVX512-BF16: the linear layers run through skyscore's bf16 kernel,
         // everything else in f32 (candle's CPU bf16 widens every product to f32 and is slower
         // than f32). Elsewhere candle runs the whole model in the dtype asked for.
-        let linear_kind = if !opts.on_gpu() && opts.dtype == Dtype::Bf16 && crate::models::cpu_bf16_kernel() {
-            LinearKind::PackedBf16
+        let packed_bf16 = !opts.on_gpu() && opts.dtype == Dtype::Bf16 && crate::models::cpu_bf16_kernel();
+        let linear_kind = if packed_bf16 {
+            // SAFETY: as for the VarBuilder below: the files are mapped read-only and not changed.
+            let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&checkpoint.weights) }
+                .with_context(|| format!("reading weights of `{model}`"))?;
+            LinearKind::PackedBf16(std::sync::Arc::new(mapped))
         } else {
             LinearKind::Dense
         };
-        let load_dtype = match linear_kind {
-            LinearKind::PackedBf16 => candle_core::DType::F32,
-            LinearKind::Dense => opts.dtype.candle(),
-        };
+        let load_dtype = if packed_bf16 { candle_core::DType::F32 } else { opts.dtype.candle() };
         let mut replicas = Vec::with_capacity(opts.devices.0.len());
         for spec in &opts.devices.0 {
             let device = spec.open()?;
@@ -237,7 +238,7 @@ impl Engine {
             // and a checkpoint is not expected to change while it is being scored with.
             let vb = unsafe { VarBuilder::from_mmaped_safetensors(&checkpoint.weights, load_dtype, &device) }
                 .with_context(|| format!("reading weights of `{model}`"))?;
-            let model_impl = RewardModel::load(&checkpoint.arch, vb, linear_kind)
+            let model_impl = RewardModel::load(&checkpoint.arch, vb, &linear_kind)
                 .with_context(|| format!("loading {} weights of `{model}` on {spec}", checkpoint.arch.name()))?;
             replicas.push(Replica { spec: *spec, device, model: model_impl });
         }
@@ -260,7 +261,7 @@ impl Engine {
             store: None,
             bytes_per_token,
             committed_rows: AtomicUsize::new(0),
-            linear_kind,
+            packed_bf16,
         };
         if let Some(path) = &opts.store {
             engine.store = engine.open_store(path)?;
@@ -270,7 +271,7 @@ impl Engine {
             model,
             arch = checkpoint.arch.name(),
             dtype = %opts.dtype,
-            linear = ?linear_kind,
+            linear = if packed_bf16 { "bf16 kernel" } else { "candle" },
             devices = %opts.devices,
             max_batch_tokens = max_tokens,
             chunk_rows = opts.chunk_rows(),
@@ -292,10 +293,10 @@ impl Engine {
             );
             return Ok(None);
         };
-        let kind = match (self.options.on_gpu(), self.linear_kind) {
+        let kind = match (self.options.on_gpu(), self.packed_bf16) {
             (true, _) => "cuda",
-            (false, LinearKind::PackedBf16) => "cpu-bf16-kernel",
-            (false, LinearKind::Dense) => "cpu",
+            (false, true) => "cpu-bf16-kernel",
+            (false, false) => "cpu",
         };
         let description = format!(
             "{};skyscore.device={kind};skyscore.files_sha256={}",

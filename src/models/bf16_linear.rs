@@ -6,6 +6,7 @@
 
 use std::arch::x86_64::*;
 
+use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 use half::bf16;
@@ -39,21 +40,49 @@ pub struct Bf16Linear {
 }
 
 impl Bf16Linear {
-    /// Loads `weight` (and `bias`) under `vb`, the weight read as bf16 and packed, the bias in f32.
-    pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get_with_hints_dtype((out_dim, in_dim), "weight", Default::default(), DType::BF16)?;
+    /// Loads `weight` (packed straight from the memory-mapped checkpoint: no f32 or bf16 copy of
+    /// the whole matrix on the way, which on a VM costs more in fresh-page zeroing than the
+    /// conversion itself) and `bias` (f32) under `vb`.
+    pub fn load(
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+        vb: VarBuilder,
+        checkpoint: &MmapedSafetensors,
+    ) -> Result<Self> {
+        let name = format!("{}.weight", vb.prefix());
+        let view = checkpoint.get(&name)?;
+        if view.shape() != [out_dim, in_dim] {
+            candle_core::bail!("{name}: shape {:?}, expected [{out_dim}, {in_dim}]", view.shape());
+        }
         let bias =
             if bias { Some(vb.get_with_hints_dtype(out_dim, "bias", Default::default(), DType::F32)?) } else { None };
-        let weight = weight.contiguous()?;
-        let (storage, layout) = weight.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("Bf16Linear loads on CPU") };
-        let (start, end) = layout.contiguous_offsets().expect("made contiguous above");
-        Ok(Self::pack(&cpu.as_slice::<bf16>()?[start..end], out_dim, in_dim, bias))
+        let bytes = view.data();
+        let width = match view.dtype() {
+            safetensors::Dtype::F32 => 4,
+            safetensors::Dtype::BF16 | safetensors::Dtype::F16 => 2,
+            other => candle_core::bail!("{name}: weights of dtype {other:?} are not supported"),
+        };
+        let dtype = view.dtype();
+        let element = |i: usize| -> u16 {
+            let b = &bytes[i * width..(i + 1) * width];
+            match dtype {
+                safetensors::Dtype::F32 => bf16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_bits(),
+                safetensors::Dtype::F16 => bf16::from_f32(half::f16::from_le_bytes([b[0], b[1]]).to_f32()).to_bits(),
+                _ => u16::from_le_bytes([b[0], b[1]]),
+            }
+        };
+        Ok(Self::pack_with(out_dim, in_dim, bias, element))
     }
 
     /// Packs a row-major `[n, k]` bf16 weight.
     pub fn pack(weight: &[bf16], n: usize, k: usize, bias: Option<Tensor>) -> Self {
         assert_eq!(weight.len(), n * k, "weight of {n}×{k}");
+        Self::pack_with(n, k, bias, |i| weight[i].to_bits())
+    }
+
+    /// Packs the `[n, k]` weight whose element `i` (row-major) has the bf16 bits `element(i)`.
+    fn pack_with(n: usize, k: usize, bias: Option<Tensor>, element: impl Fn(usize) -> u16 + Sync) -> Self {
         let pairs = k.div_ceil(2);
         let panel_count = n.div_ceil(16);
         let mut panels = vec![0u32; panel_count * pairs * 16];
@@ -63,10 +92,9 @@ impl Bf16Linear {
                 if col >= n {
                     continue;
                 }
-                let row = &weight[col * k..(col + 1) * k];
                 for q in 0..pairs {
-                    let lo = row[2 * q].to_bits() as u32;
-                    let hi = row.get(2 * q + 1).map_or(0, |v| v.to_bits() as u32);
+                    let lo = element(col * k + 2 * q) as u32;
+                    let hi = if 2 * q + 1 < k { element(col * k + 2 * q + 1) as u32 } else { 0 };
                     panel[q * 16 + lane] = lo | (hi << 16);
                 }
             }

@@ -7,12 +7,22 @@ use candle_nn::{linear_b, Linear, VarBuilder};
 use serde::Deserialize;
 
 /// How a decoder's projections (attention and MLP) hold their weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum LinearKind {
     /// candle tensors in the VarBuilder's dtype.
     Dense,
-    /// bf16, packed for the AVX512-BF16 kernel; activations and everything else in f32.
-    PackedBf16,
+    /// bf16, packed for the AVX512-BF16 kernel straight from the checkpoint's memory-mapped
+    /// files; activations and everything else in f32.
+    PackedBf16(std::sync::Arc<candle_core::safetensors::MmapedSafetensors>),
+}
+
+impl std::fmt::Debug for LinearKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LinearKind::Dense => "Dense",
+            LinearKind::PackedBf16(_) => "PackedBf16",
+        })
+    }
 }
 
 /// A projection: candle's `Linear`, or the bf16 kernel's packed weights.
@@ -24,15 +34,16 @@ pub enum Proj {
 }
 
 impl Proj {
-    pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder, kind: LinearKind) -> Result<Self> {
+    pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder, kind: &LinearKind) -> Result<Self> {
         match kind {
             LinearKind::Dense => Ok(Proj::Dense(linear_b(in_dim, out_dim, bias, vb)?)),
             #[cfg(target_arch = "x86_64")]
-            LinearKind::PackedBf16 => Ok(Proj::PackedBf16(std::sync::Arc::new(super::bf16_linear::Bf16Linear::load(
-                in_dim, out_dim, bias, vb,
-            )?))),
+            LinearKind::PackedBf16(checkpoint) => {
+                let packed = super::bf16_linear::Bf16Linear::load(in_dim, out_dim, bias, vb, checkpoint)?;
+                Ok(Proj::PackedBf16(std::sync::Arc::new(packed)))
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            LinearKind::PackedBf16 => candle_core::bail!("the bf16 kernel needs an x86-64 CPU with AVX512-BF16"),
+            LinearKind::PackedBf16(_) => candle_core::bail!("the bf16 kernel needs an x86-64 CPU with AVX512-BF16"),
         }
     }
 }
@@ -320,7 +331,7 @@ pub struct GatedMlp {
 }
 
 impl GatedMlp {
-    pub fn load(hidden: usize, intermediate: usize, bias: bool, vb: VarBuilder, kind: LinearKind) -> Result<Self> {
+    pub fn load(hidden: usize, intermediate: usize, bias: bool, vb: VarBuilder, kind: &LinearKind) -> Result<Self> {
         Ok(Self {
             gate_proj: Proj::load(hidden, intermediate, bias, vb.pp("gate_proj"), kind)?,
             up_proj: Proj::load(hidden, intermediate, bias, vb.pp("up_proj"), kind)?,

@@ -65,7 +65,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(cfg: &LlamaConfig, vb: VarBuilder, kind: LinearKind) -> Result<Self> {
+    fn load(cfg: &LlamaConfig, vb: VarBuilder, kind: &LinearKind) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
         let bias = cfg.attention_bias;
@@ -108,7 +108,7 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn load(cfg: &LlamaConfig, vb: VarBuilder, kind: LinearKind) -> Result<Self> {
+    fn load(cfg: &LlamaConfig, vb: VarBuilder, kind: &LinearKind) -> Result<Self> {
         Ok(Self {
             input_layernorm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
             self_attn: Attention::load(cfg, vb.pp("self_attn"), kind)?,
@@ -140,7 +140,7 @@ pub struct LlamaForSequenceClassification {
 }
 
 impl LlamaForSequenceClassification {
-    pub fn load(cfg: &LlamaConfig, vb: VarBuilder, kind: LinearKind) -> Result<Self> {
+    pub fn load(cfg: &LlamaConfig, vb: VarBuilder, kind: &LinearKind) -> Result<Self> {
         let m = vb.pp("model");
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| DecoderLayer::load(cfg, m.pp(format!("layers.{i}")), kind))

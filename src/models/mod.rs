@@ -151,7 +151,7 @@ pub fn cpu_bf16_kernel() -> bool {
 }
 
 impl RewardModel {
-    pub fn load(config: &ArchConfig, vb: VarBuilder, kind: LinearKind) -> Result<Self> {
+    pub fn load(config: &ArchConfig, vb: VarBuilder, kind: &LinearKind) -> Result<Self> {
         Ok(match config {
             ArchConfig::Llama(c) => RewardModel::Llama(LlamaForSequenceClassification::load(c, vb, kind)?),
             ArchConfig::Qwen3(c) => RewardModel::Qwen3(Qwen3ForSequenceClassification::load(c, vb, kind)?),

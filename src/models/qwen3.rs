@@ -66,7 +66,7 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(cfg: &Qwen3Config, vb: VarBuilder, kind: LinearKind) -> Result<Self> {
+    fn load(cfg: &Qwen3Config, vb: VarBuilder, kind: &LinearKind) -> Result<Self> {
         let (h, hd) = (cfg.hidden_size, cfg.head_dim());
         let (heads, kv_heads) = (cfg.num_attention_heads, cfg.kv_heads());
         let bias = cfg.attention_bias;
@@ -112,7 +112,7 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn load(cfg: &Qwen3Config, vb: VarBuilder, kind: LinearKind) -> Result<Self> {
+    fn load(cfg: &Qwen3Config, vb: VarBuilder, kind: &LinearKind) -> Result<Self> {
         Ok(Self {
             input_layernorm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("input_layernorm"))?,
             self_attn: Attention::load(cfg, vb.pp("self_attn"), kind)?,
@@ -144,7 +144,7 @@ pub struct Qwen3ForSequenceClassification {
 }
 
 impl Qwen3ForSequenceClassification {
-    pub fn load(cfg: &Qwen3Config, vb: VarBuilder, kind: LinearKind) -> Result<Self> {
+    pub fn load(cfg: &Qwen3Config, vb: VarBuilder, kind: &LinearKind) -> Result<Self> {
         if cfg.use_sliding_window {
             candle_core::bail!("Qwen3 checkpoints with use_sliding_window=true are not supported");
         }
