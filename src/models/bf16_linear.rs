@@ -57,45 +57,64 @@ impl Bf16Linear {
         }
         let bias =
             if bias { Some(vb.get_with_hints_dtype(out_dim, "bias", Default::default(), DType::F32)?) } else { None };
-        let bytes = view.data();
-        let width = match view.dtype() {
+        let (bytes, dtype) = (view.data(), view.dtype());
+        let width = match dtype {
             safetensors::Dtype::F32 => 4,
             safetensors::Dtype::BF16 | safetensors::Dtype::F16 => 2,
             other => candle_core::bail!("{name}: weights of dtype {other:?} are not supported"),
         };
-        let dtype = view.dtype();
-        let element = |i: usize| -> u16 {
-            let b = &bytes[i * width..(i + 1) * width];
+        // One row of the weight as bf16 bits, converted in a tight loop per dtype.
+        let row = |col: usize, out: &mut [u16]| {
+            let src = &bytes[col * in_dim * width..(col + 1) * in_dim * width];
             match dtype {
-                safetensors::Dtype::F32 => bf16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_bits(),
-                safetensors::Dtype::F16 => bf16::from_f32(half::f16::from_le_bytes([b[0], b[1]]).to_f32()).to_bits(),
-                _ => u16::from_le_bytes([b[0], b[1]]),
+                safetensors::Dtype::F32 => {
+                    for (o, b) in out.iter_mut().zip(src.chunks_exact(4)) {
+                        *o = bf16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_bits();
+                    }
+                }
+                safetensors::Dtype::F16 => {
+                    for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
+                        *o = bf16::from_f32(half::f16::from_le_bytes([b[0], b[1]]).to_f32()).to_bits();
+                    }
+                }
+                _ => {
+                    for (o, b) in out.iter_mut().zip(src.chunks_exact(2)) {
+                        *o = u16::from_le_bytes([b[0], b[1]]);
+                    }
+                }
             }
         };
-        Ok(Self::pack_with(out_dim, in_dim, bias, element))
+        Ok(Self::pack_rows(out_dim, in_dim, bias, row))
     }
 
     /// Packs a row-major `[n, k]` bf16 weight.
     pub fn pack(weight: &[bf16], n: usize, k: usize, bias: Option<Tensor>) -> Self {
         assert_eq!(weight.len(), n * k, "weight of {n}×{k}");
-        Self::pack_with(n, k, bias, |i| weight[i].to_bits())
+        Self::pack_rows(n, k, bias, |col, out| {
+            for (o, w) in out.iter_mut().zip(&weight[col * k..(col + 1) * k]) {
+                *o = w.to_bits();
+            }
+        })
     }
 
-    /// Packs the `[n, k]` weight whose element `i` (row-major) has the bf16 bits `element(i)`.
-    fn pack_with(n: usize, k: usize, bias: Option<Tensor>, element: impl Fn(usize) -> u16 + Sync) -> Self {
+    /// Packs the `[n, k]` weight whose row `col` `row(col, out)` writes as bf16 bits: per panel,
+    /// its 16 rows into a scratch buffer, then interleaved pair by pair in write order.
+    fn pack_rows(n: usize, k: usize, bias: Option<Tensor>, row: impl Fn(usize, &mut [u16]) + Sync) -> Self {
         let pairs = k.div_ceil(2);
         let panel_count = n.div_ceil(16);
         let mut panels = vec![0u32; panel_count * pairs * 16];
         panels.par_chunks_mut(pairs * 16).enumerate().for_each(|(p, panel)| {
-            for lane in 0..16 {
-                let col = p * 16 + lane;
-                if col >= n {
-                    continue;
+            // 16 rows of 2·pairs bf16 (the odd tail stays 0).
+            let mut rows = vec![0u16; 16 * 2 * pairs];
+            for (lane, out) in rows.chunks_mut(2 * pairs).enumerate() {
+                if p * 16 + lane < n {
+                    row(p * 16 + lane, &mut out[..k]);
                 }
-                for q in 0..pairs {
-                    let lo = element(col * k + 2 * q) as u32;
-                    let hi = if 2 * q + 1 < k { element(col * k + 2 * q + 1) as u32 } else { 0 };
-                    panel[q * 16 + lane] = lo | (hi << 16);
+            }
+            for (q, slot) in panel.chunks_mut(16).enumerate() {
+                for (lane, v) in slot.iter_mut().enumerate() {
+                    let r = &rows[lane * 2 * pairs..];
+                    *v = r[2 * q] as u32 | (r[2 * q + 1] as u32) << 16;
                 }
             }
         });
