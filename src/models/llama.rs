@@ -2,11 +2,12 @@
 //! `score` head, evaluated at the pooled token. No KV cache: scoring is one full forward.
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{embedding, linear_no_bias, Embedding, Linear, VarBuilder};
+use candle_nn::{linear_no_bias, Linear, VarBuilder};
 use serde::Deserialize;
 
 use super::layers::{
-    attention, run_decoder, score_rows, GatedMlp, LinearKind, Proj, QueryRows, RmsNorm, RopeParameters, RotaryEmbedding,
+    attention, run_decoder, score_rows, GatedMlp, LinearKind, Proj, QueryRows, RmsNorm, RopeParameters,
+    RotaryEmbedding, TokenEmbedding,
 };
 use super::ModelBatch;
 
@@ -132,7 +133,7 @@ impl DecoderLayer {
 
 #[derive(Debug, Clone)]
 pub struct LlamaForSequenceClassification {
-    embed_tokens: Embedding,
+    embed_tokens: TokenEmbedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
     score: Linear,
@@ -146,7 +147,7 @@ impl LlamaForSequenceClassification {
             .map(|i| DecoderLayer::load(cfg, m.pp(format!("layers.{i}")), kind))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            embed_tokens: embedding(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"))?,
+            embed_tokens: TokenEmbedding::load(cfg.vocab_size, cfg.hidden_size, m.pp("embed_tokens"), kind)?,
             layers,
             norm: RmsNorm::load(cfg.hidden_size, cfg.rms_norm_eps, m.pp("norm"))?,
             score: linear_no_bias(cfg.hidden_size, 1, vb.pp("score"))?,
