@@ -237,6 +237,23 @@ fn a_cluster_scores_like_a_local_run_and_filters_before_the_model() {
         "SELECT count(*), count(DISTINCT id), count(score) FROM scored",
     ]);
     assert!(String::from_utf8_lossy(&check.stdout).contains("320,320,320"), "{}", stderr(&check));
+    // The file names the model that scored it, as a local run's does.
+    let file = std::fs::File::open(&out).unwrap();
+    let reader = datafusion::parquet::file::reader::SerializedFileReader::new(file).unwrap();
+    use datafusion::parquet::file::reader::FileReader;
+    let kv = reader.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
+    let get = |k: &str| kv.iter().find(|e| e.key == k).and_then(|e| e.value.clone());
+    assert_eq!(get("skyscore.architecture").as_deref(), Some("LlamaForSequenceClassification"));
+    assert_eq!(get("skyscore.max_length").as_deref(), Some("4096"));
+    assert!(get("skyscore.checkpoint_sha256").is_some_and(|h| h.len() == 64));
+    assert!(get("skyscore.template_sha256").is_some_and(|h| h.len() == 64));
+    assert!(get("skyscore.version").is_some());
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 
     // --output with ORDER BY: the same top rows as the local run (ties broken by id).
     let top = dir.path().join("top.csv");

@@ -93,7 +93,7 @@ pub fn run(args: SqlArgs) -> Result<()> {
         let expected = crate::cluster::client::expected_model(&resolved);
         return runtime.block_on(async {
             let ctx = crate::cluster::client::connect(url, &service, args.partitions, &expected).await?;
-            run_session(&args, ctx, &service, true).await
+            run_session(&args, ctx, &service, Some(&expected)).await
         });
     }
     let (model, options) = (resolved.model.clone(), resolved.options.clone());
@@ -105,7 +105,7 @@ pub fn run(args: SqlArgs) -> Result<()> {
         args.cache_entries,
     );
     let ctx = new_session(&service, args.partitions);
-    let result = runtime.block_on(run_session(&args, ctx, &service, false));
+    let result = runtime.block_on(run_session(&args, ctx, &service, None));
 
     let summary = RunSummary::of_service(&service, &resolved, started.elapsed().as_secs_f64());
     let distributions = service.distributions();
@@ -142,8 +142,9 @@ async fn run_session(
     args: &SqlArgs,
     ctx: SessionContext,
     service: &Arc<ScoringService>,
-    on_cluster: bool,
+    cluster: Option<&[(String, String)]>,
 ) -> Result<()> {
+    let on_cluster = cluster.is_some();
     for spec in &args.tables {
         let (name, path) = spec.split_once('=').with_context(|| format!("-t {spec}: expected NAME=PATH"))?;
         let mut path = PathBuf::from(path);
@@ -182,8 +183,8 @@ async fn run_session(
     }
     let progress = ProgressTicker::start(service.clone(), !args.no_progress && !on_cluster);
     let result = match &args.output {
-        Some(path) => write_query(&ctx, &commands, path, service, on_cluster).await,
-        None => run_statements(&ctx, commands, &print_options, on_cluster).await,
+        Some(path) => write_query(&ctx, &commands, path, service, cluster).await,
+        None => run_statements(&ctx, commands, &print_options, cluster).await,
     };
     progress.stop();
     result.map_err(|e| anyhow::anyhow!(tidy_cluster_error(&tidy_signature_error(&format!("{e:#}")))))
@@ -243,7 +244,7 @@ async fn run_statements(
     ctx: &SessionContext,
     commands: String,
     print_options: &PrintOptions,
-    on_cluster: bool,
+    cluster: Option<&[(String, String)]>,
 ) -> Result<()> {
     let Ok(statements) = DFParser::parse_sql(&commands) else {
         // Let datafusion-cli report the syntax error as it does.
@@ -256,7 +257,7 @@ async fn run_statements(
         match statement {
             Statement::CopyTo(mut copy) if !copy.target.contains("://") => {
                 let mut target = PathBuf::from(&copy.target);
-                if on_cluster {
+                if cluster.is_some() {
                     // The executor that writes the file resolves paths in its own directory.
                     target = crate::io::paths::absolute(&target)?;
                 }
@@ -279,7 +280,7 @@ async fn run_statements(
                         });
                     }
                 };
-                crate::io::paths::replace_with(&temp, &target)?;
+                finish_output(&temp, &target, cluster)?;
                 let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
                 let schema = batches
                     .first()
@@ -294,6 +295,28 @@ async fn run_statements(
     Ok(())
 }
 
+/// Moves a complete output into place. On a cluster, a Parquet file first gets the model's
+/// facts (and the skyscore version) in its key-value metadata, which the executor that wrote it
+/// could not add: the client copies it once more (shared filesystem, as for the rename).
+fn finish_output(temp: &std::path::Path, target: &std::path::Path, cluster: Option<&[(String, String)]>) -> Result<()> {
+    let parquet_file = temp.is_file() && TableFormat::of_path(target) == Some(TableFormat::Parquet);
+    match cluster {
+        Some(facts) if parquet_file => {
+            let mut metadata = vec![("skyscore.version".to_string(), env!("CARGO_PKG_VERSION").to_string())];
+            metadata.extend(facts.iter().cloned());
+            let with_metadata = crate::io::paths::temp_sibling(target);
+            let copied = crate::io::parquet_metadata::copy_with_metadata(temp, &with_metadata, &metadata);
+            crate::io::paths::remove_temp(temp);
+            if let Err(e) = copied {
+                crate::io::paths::remove_temp(&with_metadata);
+                return Err(e).with_context(|| format!("{} was left as it was", target.display()));
+            }
+            crate::io::paths::replace_with(&with_metadata, target)
+        }
+        _ => crate::io::paths::replace_with(temp, target),
+    }
+}
+
 /// Runs one query and streams its result into `path` (through a temporary file, so an existing
 /// `path` stays until a complete result replaces it).
 async fn write_query(
@@ -301,8 +324,9 @@ async fn write_query(
     sql: &str,
     path: &std::path::Path,
     service: &ScoringService,
-    on_cluster: bool,
+    cluster: Option<&[(String, String)]>,
 ) -> Result<()> {
+    let on_cluster = cluster.is_some();
     let path = &match on_cluster {
         // The executor that writes the file resolves paths in its own directory.
         true => crate::io::paths::absolute(path)?,
@@ -313,7 +337,7 @@ async fn write_query(
     let result = write_query_to(ctx, sql, path, &temp, service, on_cluster).await;
     match result {
         Ok(rows) => {
-            crate::io::paths::replace_with(&temp, path)?;
+            finish_output(&temp, path, cluster)?;
             eprintln!("wrote {rows} rows to {}", path.display());
             Ok(())
         }

@@ -5,6 +5,7 @@ pub mod columns;
 pub mod input;
 pub mod jsonl;
 pub mod output;
+pub mod parquet_metadata;
 pub mod paths;
 
 pub use columns::{ColumnNames, SftColumns};
