@@ -367,8 +367,8 @@ impl GatedMlp {
 
 impl Module for GatedMlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(xs)?)?;
-        self.down_proj.forward(&(gate * self.up_proj.forward(xs)?)?)
+        let hidden = super::fast_ops::silu_mul(&self.gate_proj.forward(xs)?, &self.up_proj.forward(xs)?)?;
+        self.down_proj.forward(&hidden)
     }
 }
 

@@ -3,6 +3,7 @@
 
 #[cfg(target_arch = "x86_64")]
 pub mod bf16_linear;
+pub mod fast_ops;
 pub mod layers;
 pub mod llama;
 pub mod qwen3;
