@@ -4,8 +4,8 @@
 //! per-row results, stats); [`hub`] and [`checkpoint`] find and check a model's files;
 //! [`template`] and [`encode`] turn conversations into token ids; [`models`] holds one candle
 //! forward per architecture; [`device`] opens devices; [`batching`] and [`engine`] run chunks
-//! of conversations through the model; [`tables`], [`io`], [`session`], [`config`] and [`cli`]
-//! are the application around it.
+//! of conversations through the model; [`tables`], [`io`], [`session`], [`cluster`] (Ballista
+//! scheduler, executor and client sessions), [`config`] and [`cli`] are the application around it.
 
 pub mod batching;
 pub mod checkpoint;

@@ -1,5 +1,6 @@
 //! The reward models. One file per architecture, each with its config struct and a plain
-//! forward; `layers` holds the blocks they share.
+//! forward; `layers` holds the blocks they share, `bf16_linear` the AVX512-BF16 projections of
+//! `--dtype bf16` on CPU, `fast_ops` fused CPU f32 elementwise steps.
 
 #[cfg(target_arch = "x86_64")]
 pub mod bf16_linear;
