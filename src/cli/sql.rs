@@ -181,7 +181,7 @@ async fn run_session(
         let scorer = service.scorer().map_err(anyhow::Error::msg)?;
         set_parquet_metadata(&ctx, &scorer.metadata());
     }
-    let progress = ProgressTicker::start(service.clone(), !args.no_progress && !on_cluster);
+    let progress = ProgressTicker::start(service.clone(), !args.no_progress, args.cluster.clone());
     let result = match &args.output {
         Some(path) => write_query(&ctx, &commands, path, service, cluster).await,
         None => run_statements(&ctx, commands, &print_options, cluster).await,
@@ -388,7 +388,9 @@ struct ProgressTicker {
 }
 
 impl ProgressTicker {
-    fn start(service: Arc<ScoringService>, enabled: bool) -> Self {
+    /// `cluster`: the scheduler's address; the client has no figures of its own then (the
+    /// executors score), so the line says where the query runs and for how long.
+    fn start(service: Arc<ScoringService>, enabled: bool, cluster: Option<String>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         if !enabled {
             return Self { stop, handle: None };
@@ -400,7 +402,10 @@ impl ProgressTicker {
             let started = Instant::now();
             while !flag.load(Ordering::Relaxed) {
                 let s = service.stats();
-                if s.rows > 0 {
+                if let Some(url) = &cluster {
+                    bar.set_message(format!("running on the cluster at {url}"));
+                    bar.tick();
+                } else if s.rows > 0 {
                     let secs = started.elapsed().as_secs_f64().max(1e-9);
                     bar.set_message(format!(
                         "{} rows scored by the model ({} from cache) · {:.0} tok/s",
