@@ -8,6 +8,7 @@ use serde_json::Value as Json;
 
 use crate::hub::{FileSource, HubError};
 use crate::models::{ArchConfig, ArchError};
+use crate::template::{ChatTemplate, TemplateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -86,10 +87,8 @@ impl Checkpoint {
         let weights = if !fetch_weights && revision.is_some() { Vec::new() } else { Self::weight_files(files)? };
         let config_pad_token_id = config.get("pad_token_id").and_then(Json::as_u64).map(|v| v as u32);
         let small_files = [config_path.as_path(), tokenizer_path.as_path(), tokenizer_config_path.as_path()];
-        let digest = |with_mtime| {
-            files_digest(&small_files, chat_template.as_deref(), revision.as_deref(), &weights, with_mtime)
-        };
-        let (files_sha256, content_sha256) = (digest(true)?, digest(false)?);
+        let (files_sha256, content_sha256) =
+            files_digests(&small_files, chat_template.as_deref(), revision.as_deref(), &weights)?;
         Ok(Self {
             model_id: model_id.to_string(),
             revision,
@@ -123,6 +122,11 @@ impl Checkpoint {
         })
     }
 
+    /// The checkpoint's chat template, compiled with its special tokens.
+    pub fn template(&self) -> Result<ChatTemplate, TemplateError> {
+        ChatTemplate::new(self.chat_template.as_deref().ok_or(TemplateError::Missing)?, self.special_tokens())
+    }
+
     /// Special-token strings from tokenizer_config.json (`bos_token`, `eos_token`, ...), which
     /// transformers hands to the chat template. Values may be strings or AddedToken objects.
     pub fn special_tokens(&self) -> BTreeMap<String, String> {
@@ -136,37 +140,39 @@ impl Checkpoint {
     }
 }
 
-fn files_digest(
+/// The two digests of [`Checkpoint`]: `(files_sha256, content_sha256)`, in one read of the
+/// files; they differ only in the weights' modification times.
+fn files_digests(
     small_files: &[&Path],
     chat_template: Option<&str>,
     revision: Option<&str>,
     weights: &[PathBuf],
-    with_mtime: bool,
-) -> Result<String, CheckpointError> {
+) -> Result<(String, String), CheckpointError> {
     use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
+    // [files_sha256, content_sha256]: the same bytes, and the mtimes for the first only.
+    let mut digests = [Sha256::new(), Sha256::new()];
+    let both = |digests: &mut [Sha256; 2], bytes: &[u8]| digests.iter_mut().for_each(|h| h.update(bytes));
     let read = |p: &Path| std::fs::read(p).map_err(|source| CheckpointError::Read { path: p.into(), source });
     for path in small_files {
         let bytes = read(path)?;
-        h.update((bytes.len() as u64).to_le_bytes());
-        h.update(&bytes);
+        both(&mut digests, &(bytes.len() as u64).to_le_bytes());
+        both(&mut digests, &bytes);
     }
-    h.update(chat_template.unwrap_or_default().as_bytes());
+    both(&mut digests, chat_template.unwrap_or_default().as_bytes());
     match revision {
-        Some(commit) => h.update(commit.as_bytes()),
+        Some(commit) => both(&mut digests, commit.as_bytes()),
         None => {
             for w in weights {
                 let meta = std::fs::metadata(w).map_err(|source| CheckpointError::Read { path: w.clone(), source })?;
                 let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-                h.update(w.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
-                h.update(meta.len().to_le_bytes());
-                if with_mtime {
-                    h.update(mtime.map_or(0, |d| d.as_nanos()).to_le_bytes());
-                }
+                both(&mut digests, w.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
+                both(&mut digests, &meta.len().to_le_bytes());
+                digests[0].update(mtime.map_or(0, |d| d.as_nanos()).to_le_bytes());
             }
         }
     }
-    Ok(hex::encode(h.finalize()))
+    let [files, content] = digests;
+    Ok((hex::encode(files.finalize()), hex::encode(content.finalize())))
 }
 
 fn token_content(v: &Json) -> Option<String> {

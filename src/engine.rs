@@ -34,7 +34,6 @@ use crate::encode::{Encoded, PromptEncoder, TruncationSide};
 use crate::hub::{FileSource, ModelSource};
 use crate::models::{Dtype, LinearKind, ModelBatch, RewardModel};
 use crate::store::{ModelId, ScoreStore};
-use crate::template::ChatTemplate;
 
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -195,14 +194,9 @@ impl Engine {
                 opts.max_length
             );
         }
-        let template_src = checkpoint
-            .chat_template
-            .as_deref()
-            .ok_or(crate::template::TemplateError::Missing)
-            .with_context(|| format!("loading model `{model}`"))?;
+        let template = checkpoint.template().with_context(|| format!("loading model `{model}`"))?;
         let special = checkpoint.special_tokens();
         let bos = special.get("bos_token").cloned();
-        let template = ChatTemplate::new(template_src, special.clone())?;
         let encoder =
             PromptEncoder::new(template, &checkpoint.tokenizer_path, bos, opts.max_length, opts.truncation_side)?;
 
@@ -657,12 +651,7 @@ pub fn model_facts(checkpoint: &Checkpoint, template_sha256: &str, options: &Eng
 pub fn describe_model(model: &str, options: &EngineOptions) -> Result<Vec<(String, String)>> {
     let files = FileSource::new(ModelSource::parse(model)?);
     let checkpoint = Checkpoint::describe(model, &files).with_context(|| format!("reading model `{model}`"))?;
-    let template_src = checkpoint
-        .chat_template
-        .as_deref()
-        .ok_or(crate::template::TemplateError::Missing)
-        .with_context(|| format!("reading model `{model}`"))?;
-    let template = ChatTemplate::new(template_src, checkpoint.special_tokens())?;
+    let template = checkpoint.template().with_context(|| format!("reading model `{model}`"))?;
     Ok(model_facts(&checkpoint, template.sha256(), options))
 }
 

@@ -81,10 +81,9 @@ fn copy_to_parquet_carries_metadata_and_every_row() {
     let file = std::fs::File::open(&out).unwrap();
     let reader = datafusion::parquet::file::reader::SerializedFileReader::new(file).unwrap();
     use datafusion::parquet::file::reader::FileReader;
-    let meta = reader.metadata().file_metadata();
-    assert_eq!(meta.num_rows(), 320);
-    let kv = meta.key_value_metadata().cloned().unwrap_or_default();
-    let get = |k: &str| kv.iter().find(|e| e.key == k).and_then(|e| e.value.clone());
+    assert_eq!(reader.metadata().file_metadata().num_rows(), 320);
+    let kv = parquet_metadata(&out);
+    let get = |k: &str| kv.get(k).cloned();
     assert_eq!(get("skyscore.model").as_deref(), Some(model().as_str()));
     assert_eq!(get("skyscore.max_length").as_deref(), Some("4096"));
     assert_eq!(get("skyscore.truncation_side").as_deref(), Some("right"));

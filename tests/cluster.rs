@@ -238,11 +238,8 @@ fn a_cluster_scores_like_a_local_run_and_filters_before_the_model() {
     ]);
     assert!(String::from_utf8_lossy(&check.stdout).contains("320,320,320"), "{}", stderr(&check));
     // The file names the model that scored it, as a local run's does.
-    let file = std::fs::File::open(&out).unwrap();
-    let reader = datafusion::parquet::file::reader::SerializedFileReader::new(file).unwrap();
-    use datafusion::parquet::file::reader::FileReader;
-    let kv = reader.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
-    let get = |k: &str| kv.iter().find(|e| e.key == k).and_then(|e| e.value.clone());
+    let kv = common::parquet_metadata(&out);
+    let get = |k: &str| kv.get(k).cloned();
     assert_eq!(get("skyscore.architecture").as_deref(), Some("LlamaForSequenceClassification"));
     assert_eq!(get("skyscore.max_length").as_deref(), Some("4096"));
     assert!(get("skyscore.checkpoint_sha256").is_some_and(|h| h.len() == 64));

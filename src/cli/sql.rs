@@ -175,8 +175,8 @@ async fn run_session(
         }
     };
     // COPY fixes its Parquet options when planned: load first so the files it writes carry the
-    // model's metadata. (On a cluster, DataFusion 55's plan serialization drops Parquet
-    // key-value metadata on the way to the executor that writes: cluster outputs have none.)
+    // model's metadata. (On a cluster the client loads no model; `finish_output` adds the
+    // metadata to what the executors wrote.)
     if !on_cluster && copies_scores(&ctx, &commands).await {
         let scorer = service.scorer().map_err(anyhow::Error::msg)?;
         set_parquet_metadata(&ctx, &scorer.metadata());
@@ -256,11 +256,7 @@ async fn run_statements(
     for statement in statements {
         match statement {
             Statement::CopyTo(mut copy) if !copy.target.contains("://") => {
-                let mut target = PathBuf::from(&copy.target);
-                if cluster.is_some() {
-                    // The executor that writes the file resolves paths in its own directory.
-                    target = crate::io::paths::absolute(&target)?;
-                }
+                let target = output_target(std::path::Path::new(&copy.target), cluster)?;
                 crate::io::paths::remove_stale_temps(&target);
                 let temp = crate::io::paths::temp_sibling(&target);
                 copy.target = temp.to_str().context("COPY target is not UTF-8")?.to_string();
@@ -295,6 +291,15 @@ async fn run_statements(
     Ok(())
 }
 
+/// Where an output goes: `path` as given, or on a cluster made absolute, since the executor
+/// that writes it resolves paths in its own working directory.
+fn output_target(path: &std::path::Path, cluster: Option<&[(String, String)]>) -> Result<PathBuf> {
+    match cluster {
+        Some(_) => crate::io::paths::absolute(path),
+        None => Ok(path.to_path_buf()),
+    }
+}
+
 /// Moves a complete output into place. On a cluster, a Parquet file first gets the model's
 /// facts (and the skyscore version) in its key-value metadata, which the executor that wrote it
 /// could not add: the client copies it once more (shared filesystem, as for the rename).
@@ -326,15 +331,10 @@ async fn write_query(
     service: &ScoringService,
     cluster: Option<&[(String, String)]>,
 ) -> Result<()> {
-    let on_cluster = cluster.is_some();
-    let path = &match on_cluster {
-        // The executor that writes the file resolves paths in its own directory.
-        true => crate::io::paths::absolute(path)?,
-        false => path.to_path_buf(),
-    };
+    let path = &output_target(path, cluster)?;
     crate::io::paths::remove_stale_temps(path);
     let temp = crate::io::paths::temp_sibling(path);
-    let result = write_query_to(ctx, sql, path, &temp, service, on_cluster).await;
+    let result = write_query_to(ctx, sql, path, &temp, service, cluster.is_some()).await;
     match result {
         Ok(rows) => {
             finish_output(&temp, path, cluster)?;

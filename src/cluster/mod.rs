@@ -36,29 +36,15 @@ pub fn session_config() -> SessionConfig {
 
 /// Ballista's session state for `config`, plus skyscore's plan rule and UDFs over `service`.
 pub fn session_state(config: SessionConfig, service: &Arc<ScoringService>) -> datafusion::common::Result<SessionState> {
-    let state = ballista_core::utils::default_session_builder(config.with_option_extension_if_missing())?;
+    // `config` comes from `session_config` (on the scheduler: its config producer, with the
+    // client's settings applied), so it carries the `skyscore` extension.
+    let state = ballista_core::utils::default_session_builder(config)?;
     let mut state =
         SessionStateBuilder::new_from_existing(state).with_physical_optimizer_rules(model_aware_rules()).build();
     for udf in skyscore_udf::udfs(service) {
         datafusion::execution::FunctionRegistry::register_udf(&mut state, Arc::new(udf))?;
     }
     Ok(state)
-}
-
-/// Sessions built from settings sent by a client that may not have carried the `skyscore`
-/// extension still need it registered to read `skyscore.*`.
-trait WithSkyscoreOptions {
-    fn with_option_extension_if_missing(self) -> Self;
-}
-
-impl WithSkyscoreOptions for SessionConfig {
-    fn with_option_extension_if_missing(self) -> Self {
-        if self.options().extensions.get::<SkyscoreOptions>().is_some() {
-            self
-        } else {
-            self.with_option_extension(SkyscoreOptions::default())
-        }
-    }
 }
 
 /// `df://host:port`, `host:port` → (host, port).

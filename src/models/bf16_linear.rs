@@ -87,7 +87,8 @@ impl Bf16Linear {
         Ok(Self::pack_rows(out_dim, in_dim, bias, row))
     }
 
-    /// Packs a row-major `[n, k]` bf16 weight.
+    /// Packs a row-major `[n, k]` bf16 weight (the tests' way in; models load from checkpoints).
+    #[cfg(test)]
     pub fn pack(weight: &[bf16], n: usize, k: usize, bias: Option<Tensor>) -> Self {
         assert_eq!(weight.len(), n * k, "weight of {n}×{k}");
         Self::pack_rows(n, k, bias, |col, out| {

@@ -81,6 +81,14 @@ pub fn score(model: &str, input: &Path, output: &Path, extra: &[&str]) -> Output
     skyscore(&args)
 }
 
+/// The key-value metadata in a Parquet file's footer, by key.
+pub fn parquet_metadata(path: &Path) -> std::collections::BTreeMap<String, String> {
+    use datafusion::parquet::file::reader::{FileReader, SerializedFileReader};
+    let reader = SerializedFileReader::new(std::fs::File::open(path).unwrap()).unwrap();
+    let kv = reader.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
+    kv.into_iter().filter_map(|e| Some((e.key, e.value?))).collect()
+}
+
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
