@@ -1,8 +1,9 @@
-//! CPU f32 elementwise steps where candle calls the scalar `expf` once per element: the gated
-//! MLP's `silu(gate) · up`, fused into one pass with an exp the compiler vectorises (one pass and
-//! one buffer instead of candle's two of each). Other dtypes and devices use candle's ops.
+//! CPU f32 elementwise steps where candle calls the scalar `expf` once per element, fused into
+//! one pass each with an exp the compiler vectorises (AVX-512 where the CPU has it, picked at run
+//! time): the gated MLP's `silu(gate) · up`, and attention's scale + mask + softmax. Other dtypes
+//! and devices use candle's ops.
 
-use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, InplaceOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// `exp(x)` for f32 within ~2 ulp: `e^x = 2^n · e^r` with `n = round(x · log2 e)`, `r = x − n ln 2`
@@ -40,6 +41,36 @@ pub fn exp_f32(x: f32) -> f32 {
     }
 }
 
+/// Runs `body` compiled for AVX-512 when the CPU has it (its loops then vectorise 16 lanes
+/// wide; the default x86-64 target stops at SSE2), else as is. `body` must be `#[inline(always)]`.
+macro_rules! dispatch_avx512 {
+    ($name:ident: fn($($arg:ident: $ty:ty),*) => $body:ident) => {
+        fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn wide($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512 (checked just above).
+                    return unsafe { wide($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+
+dispatch_avx512!(silu_mul_chunk: fn(out: &mut [f32], gate: &[f32], up: &[f32]) => silu_mul_body);
+
+#[inline(always)]
+fn silu_mul_body(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + exp_f32(-g)) * u;
+    }
+}
+
 struct SiluMul;
 
 impl CustomOp2 for SiluMul {
@@ -60,11 +91,9 @@ impl CustomOp2 for SiluMul {
         let (gate, up) = (&gate[gs..ge], &up[us..ue]);
         let mut out = vec![0f32; gate.len()];
         const CHUNK: usize = 16 * 1024;
-        out.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))).for_each(|(o, (g, u))| {
-            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = g / (1.0 + exp_f32(-g)) * u;
-            }
-        });
+        out.par_chunks_mut(CHUNK)
+            .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
+            .for_each(|(o, (g, u))| silu_mul_chunk(o, g, u));
         Ok((CpuStorage::F32(out), gl.shape().clone()))
     }
 }
@@ -75,6 +104,92 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         return gate.contiguous()?.apply_op2_no_bwd(&up.contiguous()?, &SiluMul);
     }
     candle_nn::ops::silu(gate)? * up
+}
+
+/// Which keys each row of attention scores sees (the additive mask's meaning, as limits).
+#[derive(Clone, Copy)]
+pub enum KeyLimits<'a> {
+    /// Query row `r` of a block starting at position `first_row` sees keys `0..=first_row + r`.
+    Causal { first_row: usize },
+    /// One query row per batch row, batch row `i` seeing keys `0..=limits[i]`.
+    PerBatchRow(&'a [u32]),
+}
+
+struct MaskedSoftmax<'a> {
+    scale: f32,
+    /// Query rows per (batch row, head).
+    rows: usize,
+    limits: KeyLimits<'a>,
+}
+
+impl InplaceOp1 for MaskedSoftmax<'_> {
+    fn name(&self) -> &'static str {
+        "skyscore-masked-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let CpuStorage::F32(data) = storage else { candle_core::bail!("skyscore masked softmax: f32 only") };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("skyscore masked softmax: scores have to be contiguous")
+        };
+        let dims = layout.dims();
+        let (keys, rows_per_batch) = (dims[dims.len() - 1], dims[1..dims.len() - 1].iter().product::<usize>());
+        let (scale, rows, limits) = (self.scale, self.rows, self.limits);
+        data[start..end].par_chunks_mut(keys).enumerate().for_each(|(i, row)| {
+            let last = match limits {
+                KeyLimits::Causal { first_row } => first_row + i % rows,
+                KeyLimits::PerBatchRow(limits) => limits[i / rows_per_batch] as usize,
+            };
+            softmax_row(row, (last + 1).min(keys), scale)
+        });
+        Ok(())
+    }
+}
+
+/// Attention probabilities from raw scores `[b, …, keys]` (contiguous CPU f32, `rows` query rows
+/// per head), in place: `softmax(scale · s)` over each row's visible keys, 0 for the others.
+/// The same numbers as scaling, adding the additive mask and candle's softmax, within an ulp.
+pub fn masked_softmax_in_place(scores: &Tensor, scale: f32, rows: usize, limits: KeyLimits) -> Result<()> {
+    scores.inplace_op1(&MaskedSoftmax { scale, rows, limits })
+}
+
+dispatch_avx512!(softmax_row: fn(row: &mut [f32], visible: usize, scale: f32) => softmax_row_body);
+
+#[inline(always)]
+fn softmax_row_body(row: &mut [f32], visible: usize, scale: f32) {
+    const LANES: usize = 16;
+    let (live, hidden) = row.split_at_mut(visible);
+    // Lane-wise max and sum (a plain fold over f32 does not vectorise).
+    let mut max = [f32::NEG_INFINITY; LANES];
+    let mut chunks = live.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (m, v) in max.iter_mut().zip(chunk.iter_mut()) {
+            *v *= scale;
+            *m = if *v > *m { *v } else { *m };
+        }
+    }
+    for (m, v) in max.iter_mut().zip(chunks.into_remainder()) {
+        *v *= scale;
+        *m = if *v > *m { *v } else { *m };
+    }
+    let max = max.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    let mut sum = [0f32; LANES];
+    let mut chunks = live.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (s, v) in sum.iter_mut().zip(chunk.iter_mut()) {
+            *v = exp_f32(*v - max);
+            *s += *v;
+        }
+    }
+    for (s, v) in sum.iter_mut().zip(chunks.into_remainder()) {
+        *v = exp_f32(*v - max);
+        *s += *v;
+    }
+    let sum: f32 = sum.iter().sum();
+    for v in live.iter_mut() {
+        *v /= sum;
+    }
+    hidden.fill(0.0);
 }
 
 #[cfg(test)]
@@ -93,6 +208,27 @@ mod tests {
         assert!(worst < 4e-7, "max relative error {worst}");
         assert_eq!(exp_f32(-1000.0), 0.0);
         assert_eq!(exp_f32(0.0), 1.0);
+    }
+
+    /// Rows of very different sizes and ranges against scale, -inf mask and candle's softmax.
+    #[test]
+    fn masked_softmax_matches_candle() {
+        let device = candle_core::Device::Cpu;
+        let (rows, keys) = (3, 41);
+        let raw: Vec<f32> = (0..2 * rows * keys).map(|i| ((i * 7919) % 1013) as f32 / 5.0 - 100.0).collect();
+        let scores = Tensor::from_vec(raw.clone(), (2, rows, keys), &device).unwrap();
+        masked_softmax_in_place(&scores, 0.7, rows, KeyLimits::Causal { first_row: 30 }).unwrap();
+        let ours: Vec<f32> = scores.flatten_all().unwrap().to_vec1().unwrap();
+        for (i, row) in raw.chunks(keys).enumerate() {
+            let visible = 30 + i % rows + 1;
+            let mut masked: Vec<f32> = row.iter().map(|v| v * 0.7).collect();
+            masked[visible.min(keys)..].fill(f32::NEG_INFINITY);
+            let theirs = candle_nn::ops::softmax_last_dim(&Tensor::new(masked.as_slice(), &device).unwrap()).unwrap();
+            let theirs: Vec<f32> = theirs.to_vec1().unwrap();
+            for (a, b) in ours[i * keys..(i + 1) * keys].iter().zip(&theirs) {
+                assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "row {i}: {a} vs {b}");
+            }
+        }
     }
 
     #[test]

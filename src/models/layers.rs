@@ -202,11 +202,14 @@ pub struct QueryRows {
     pub mask: Tensor,
     /// `row × t + position` of each pooled token; `None` for all positions.
     select: Option<Tensor>,
+    /// The same mask as key limits, for the CPU's fused softmax: query row `r` of batch row `i`
+    /// sees keys `0..=r` (all positions, causal) or `0..=pooled[i]` (pooled).
+    pooled: Option<Vec<u32>>,
 }
 
 impl QueryRows {
     pub fn all(cos: &Tensor, sin: &Tensor, mask: Tensor) -> Self {
-        Self { cos: cos.clone(), sin: sin.clone(), mask, select: None }
+        Self { cos: cos.clone(), sin: sin.clone(), mask, select: None, pooled: None }
     }
 
     /// Queries at `pooled[row]` of each row; `cos`/`sin` are the `[t, d/2]` tables.
@@ -222,7 +225,8 @@ impl QueryRows {
         let neg_inf = Tensor::new(f32::NEG_INFINITY, device)?.to_dtype(cos.dtype())?.broadcast_as((b, t))?;
         let zero = Tensor::zeros((b, t), cos.dtype(), device)?;
         let mask = after.where_cond(&neg_inf, &zero)?.reshape((b, 1, 1, t))?;
-        Ok(Self { cos: rope_rows(cos)?, sin: rope_rows(sin)?, mask, select: Some(select) })
+        let pooled = Some(pooled.iter().map(|&p| p as u32).collect());
+        Ok(Self { cos: rope_rows(cos)?, sin: rope_rows(sin)?, mask, select: Some(select), pooled })
     }
 
     /// The query rows of `xs` `[b, t, h]`: all of it, or `[b, 1, h]` at the pooled tokens.
@@ -268,10 +272,10 @@ pub fn run_decoder(
 /// model would otherwise need 32 GiB for one layer's scores).
 pub const MAX_SCORE_ELEMENTS: usize = 64 << 20;
 
-/// Scaled dot-product attention with grouped KV heads and a causal mask.
-/// q: `[b, heads, t, d]`, k/v: `[b, kv_heads, t, d]`, mask: `[1, 1, t, t]` (additive, causal).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
-    attention_in_blocks(q, k, v, mask, scale, MAX_SCORE_ELEMENTS)
+/// Scaled dot-product attention with grouped KV heads, each query row seeing the keys `queries`
+/// allows. q: `[b, heads, tq, d]` (the rows `queries` selects), k/v: `[b, kv_heads, t, d]`.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, queries: &QueryRows, scale: f64) -> Result<Tensor> {
+    attention_in_blocks(q, k, v, queries, scale, MAX_SCORE_ELEMENTS)
 }
 
 /// [`attention`] with the score budget as a parameter. Each block of query rows
@@ -281,14 +285,15 @@ pub fn attention_in_blocks(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    mask: &Tensor,
+    queries: &QueryRows,
     scale: f64,
     max_score_elements: usize,
 ) -> Result<Tensor> {
     let (b, heads, t, _) = q.dims4()?;
     let rows_per_block = (max_score_elements / (b * heads * t).max(1)).max(1);
     if rows_per_block >= t {
-        return attention_block(q, k, v, mask, scale);
+        let visible = Visible { mask: &queries.mask, first_row: 0, pooled: queries.pooled.as_deref() };
+        return attention_block(q, k, v, &visible, scale);
     }
     let mut outputs = Vec::with_capacity(t.div_ceil(rows_per_block));
     for start in (0..t).step_by(rows_per_block) {
@@ -297,25 +302,46 @@ pub fn attention_in_blocks(
         let q_block = q.narrow(2, start, rows)?.contiguous()?;
         let k_block = k.narrow(2, 0, keys)?.contiguous()?;
         let v_block = v.narrow(2, 0, keys)?.contiguous()?;
-        let mask_block = mask.narrow(2, start, rows)?.narrow(3, 0, keys)?;
-        outputs.push(attention_block(&q_block, &k_block, &v_block, &mask_block, scale)?);
+        let mask = queries.mask.narrow(2, start, rows)?.narrow(3, 0, keys)?;
+        let visible = Visible { mask: &mask, first_row: start, pooled: queries.pooled.as_deref() };
+        outputs.push(attention_block(&q_block, &k_block, &v_block, &visible, scale)?);
     }
     Tensor::cat(&outputs, 2)
 }
 
+/// The keys a block of query rows sees: the additive mask, and the same as limits.
+struct Visible<'a> {
+    mask: &'a Tensor,
+    /// Position of the block's first query row (causal case).
+    first_row: usize,
+    /// Each batch row's pooled position (the pooled case: one query row per batch row).
+    pooled: Option<&'a [u32]>,
+}
+
 /// One block: q `[b, heads, rows, d]` against k/v `[b, kv_heads, keys, d]`.
-fn attention_block(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, scale: f64) -> Result<Tensor> {
+fn attention_block(q: &Tensor, k: &Tensor, v: &Tensor, visible: &Visible, scale: f64) -> Result<Tensor> {
     let (b, heads, rows, d) = q.dims4()?;
     let (kv_heads, keys) = (k.dim(1)?, k.dim(2)?);
     let n_rep = heads / kv_heads;
     // Group the query heads that share one KV head instead of copying K and V n_rep times.
     let q = q.reshape((b, kv_heads, n_rep * rows, d))?;
-    let scores = (q.matmul(&k.t()?)? * scale)?; // [b, kv, n_rep*rows, keys]
-    let scores = scores.reshape((b, heads, rows, keys))?.broadcast_add(mask)?;
-    let in_dtype = scores.dtype();
-    // Softmax in f32, as transformers' eager and SDPA paths accumulate it.
-    let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?;
-    let probs = probs.reshape((b, kv_heads, n_rep * rows, keys))?;
+    let probs = if q.device().is_cpu() && q.dtype() == DType::F32 {
+        // One pass instead of five (scale, mask, and softmax's three), with a vectorised exp.
+        let scores = q.matmul(&k.t()?)?; // [b, kv, n_rep*rows, keys], a fresh buffer
+        let limits = match visible.pooled {
+            Some(pooled) => super::fast_ops::KeyLimits::PerBatchRow(pooled),
+            None => super::fast_ops::KeyLimits::Causal { first_row: visible.first_row },
+        };
+        super::fast_ops::masked_softmax_in_place(&scores, scale as f32, rows, limits)?;
+        scores
+    } else {
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = scores.reshape((b, heads, rows, keys))?.broadcast_add(visible.mask)?;
+        let in_dtype = scores.dtype();
+        // Softmax in f32, as transformers' eager and SDPA paths accumulate it.
+        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?;
+        probs.reshape((b, kv_heads, n_rep * rows, keys))?
+    };
     probs.matmul(v)?.reshape((b, heads, rows, d))
 }
 
@@ -469,17 +495,58 @@ mod tests {
         let q = Tensor::randn(0f32, 1.0, (b, heads, t, d), &dev).unwrap();
         let k = Tensor::randn(0f32, 1.0, (b, kv_heads, t, d), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (b, kv_heads, t, d), &dev).unwrap();
-        let mask = causal_mask(t, &dev, DType::F32).unwrap();
-        let whole = attention_in_blocks(&q, &k, &v, &mask, 0.3, usize::MAX).unwrap();
+        let (cos, sin) = RotaryEmbedding::new(d, 10_000.0, None).unwrap().tables(t, &dev, DType::F32).unwrap();
+        let all = QueryRows::all(&cos, &sin, causal_mask(t, &dev, DType::F32).unwrap());
+        let whole = attention_in_blocks(&q, &k, &v, &all, 0.3, usize::MAX).unwrap();
         // 5 query rows per block: 8 blocks, the last one short.
-        let blocked = attention_in_blocks(&q, &k, &v, &mask, 0.3, b * heads * t * 5).unwrap();
+        let blocked = attention_in_blocks(&q, &k, &v, &all, 0.3, b * heads * t * 5).unwrap();
         assert_eq!(blocked.dims(), whole.dims());
         let diff = (blocked - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-6, "max |diff| {diff}");
         // One query row per block, the smallest budget.
-        let rows = attention_in_blocks(&q, &k, &v, &mask, 0.3, 1).unwrap();
+        let rows = attention_in_blocks(&q, &k, &v, &all, 0.3, 1).unwrap();
         let diff = (rows - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-6, "max |diff| {diff}");
+    }
+
+    /// CPU f32 takes the fused scale + mask + softmax pass, f64 candle's ops on the additive mask:
+    /// the same attention, causal (whole and in blocks) and at pooled rows.
+    #[test]
+    fn fused_cpu_softmax_equals_mask_and_softmax() {
+        let dev = Device::Cpu;
+        let (b, heads, kv_heads, t, d) = (3, 4, 2, 37, 8);
+        let q = Tensor::randn(0f32, 2.0, (b, heads, t, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 2.0, (b, kv_heads, t, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (b, kv_heads, t, d), &dev).unwrap();
+        let wide = |x: &Tensor| x.to_dtype(DType::F64).unwrap();
+        let max_diff = |a: Tensor, b: Tensor| -> f32 {
+            let b = b.to_dtype(DType::F32).unwrap();
+            (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+        };
+        let rope = RotaryEmbedding::new(d, 10_000.0, None).unwrap();
+        let (cos, sin) = rope.tables(t, &dev, DType::F32).unwrap();
+        let (cos64, sin64) = rope.tables(t, &dev, DType::F64).unwrap();
+        let all = QueryRows::all(&cos, &sin, causal_mask(t, &dev, DType::F32).unwrap());
+        let all64 = QueryRows::all(&cos64, &sin64, causal_mask(t, &dev, DType::F64).unwrap());
+        let reference = attention(&wide(&q), &wide(&k), &wide(&v), &all64, 0.3).unwrap();
+        for budget in [usize::MAX, b * heads * t * 5, 1] {
+            let fused = attention_in_blocks(&q, &k, &v, &all, 0.3, budget).unwrap();
+            let diff = max_diff(fused, reference.clone());
+            assert!(diff < 1e-5, "budget {budget}: max |diff| {diff}");
+        }
+        let pooled = [t - 1, 5, 0];
+        let at = QueryRows::pooled(&pooled, t, &cos, &sin).unwrap();
+        let at64 = QueryRows::pooled(&pooled, t, &cos64, &sin64).unwrap();
+        let q1 = q.narrow(2, 3, 1).unwrap().contiguous().unwrap();
+        let fused = attention(&q1, &k, &v, &at, 0.3).unwrap();
+        let reference = attention(&wide(&q1), &wide(&k), &wide(&v), &at64, 0.3).unwrap();
+        let diff = max_diff(fused.clone(), reference);
+        assert!(diff < 1e-5, "pooled: max |diff| {diff}");
+        // Row 2 sees key 0 only: its output is v at position 0 exactly.
+        let row2 = fused.get(2).unwrap().squeeze(1).unwrap();
+        let v0 = v.get(2).unwrap().narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
+        let v0 = Tensor::cat(&[&v0, &v0], 1).unwrap().reshape((heads, d)).unwrap();
+        assert_eq!(max_diff(row2, v0), 0.0);
     }
 
     #[test]

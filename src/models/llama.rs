@@ -94,7 +94,7 @@ impl Attention {
         let v = split(self.v_proj.forward(xs)?, t, self.kv_heads)?;
         let q = candle_nn::rotary_emb::rope(&q, &queries.cos, &queries.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-        let out = attention(&q, &k, &v, &queries.mask, 1.0 / (self.head_dim as f64).sqrt())?;
+        let out = attention(&q, &k, &v, queries, 1.0 / (self.head_dim as f64).sqrt())?;
         let out = out.transpose(1, 2)?.reshape((b, tq, self.heads * self.head_dim))?;
         self.o_proj.forward(&out)
     }
