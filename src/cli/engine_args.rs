@@ -46,7 +46,7 @@ pub struct EngineArgs {
     #[arg(long)]
     pub device: Option<DeviceList>,
     /// Weight and compute dtype: f32, f16 or bf16. On a CPU with AVX512-BF16, bf16 runs the
-    /// linear layers through skyscore's bf16 kernel and the rest in f32 (about 1.7× f32's speed,
+    /// linear layers through skyscore's bf16 kernel and the rest in f32 (about 2× f32's speed,
     /// scores within ~0.05 of f32); on other CPUs, f32 is the faster choice.
     /// [default: f32 on CPU, bf16 on CUDA]
     #[arg(long)]
