@@ -263,6 +263,17 @@ enum Epilogue {
 
 /// `x` `[m, k]` times the packed weight: `[m, n]` f32.
 fn run(panels: &Panels, x: &[f32], m: usize, n: usize, epilogue: Epilogue) -> Vec<f32> {
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: `y` has room for the `m × n` outputs, which `run_into` all writes.
+    unsafe {
+        run_into(panels, x, m, n, epilogue, y.as_mut_ptr());
+        y.set_len(m * n);
+    }
+    y
+}
+
+/// [`run`] into `y`, which has room for `m × n` f32 (initialised or not: all are written).
+unsafe fn run_into(panels: &Panels, x: &[f32], m: usize, n: usize, epilogue: Epilogue, y: *mut f32) {
     assert!(supported(), "the bf16 kernel needs AVX512-BF16");
     let (k, pairs) = (panels.k, panels.pairs);
     assert_eq!(x.len(), m * k);
@@ -282,8 +293,7 @@ fn run(panels: &Panels, x: &[f32], m: usize, n: usize, epilogue: Epilogue) -> Ve
     let groups = panels.count.div_ceil(NR);
     let items: Vec<(usize, usize)> =
         (0..m.div_ceil(MC)).flat_map(|rb| (0..groups.div_ceil(NC_GROUPS)).map(move |gb| (rb, gb))).collect();
-    let mut y: Vec<f32> = Vec::with_capacity(m * n);
-    let out = SendPtr(y.as_mut_ptr());
+    let out = SendPtr(y);
     items.into_par_iter().for_each(|(rb, gb)| {
         let out = &out;
         let rows = rb * MC..((rb + 1) * MC).min(m);
@@ -295,8 +305,8 @@ fn run(panels: &Panels, x: &[f32], m: usize, n: usize, epilogue: Epilogue) -> Ve
             for r in rows.clone().step_by(MR) {
                 let tile_rows = (rows.end - r).min(MR);
                 // SAFETY: `supported()` was checked; each work item writes its own rows × columns
-                // of `y` (together: all of it), whose buffer outlives the parallel loop; every
-                // read is in bounds (panels and pair rows are padded).
+                // of `y` (together: all of it), whose buffer the caller keeps for the parallel
+                // loop; every read is in bounds (panels and pair rows are padded).
                 unsafe {
                     let a = a.as_ptr().add(r * pairs);
                     let b = panels.data.as_ptr().add(first_panel * pairs * 16);
@@ -310,9 +320,62 @@ fn run(panels: &Panels, x: &[f32], m: usize, n: usize, epilogue: Epilogue) -> Ve
             }
         }
     });
-    // SAFETY: the tiles wrote every one of the `m × n` outputs.
-    unsafe { y.set_len(m * n) };
-    y
+}
+
+/// Attention's two products in bf16 (as transformers' bf16 attention does them), f32 scores in
+/// between: `q` `[g, r, d]` against `k`, `v` `[g, keys, d]` (g groups: batch rows × KV heads; r
+/// query rows per group: the heads sharing a KV head × query positions), all f32. `softmax`
+/// turns the `[g, r, keys]` scores into probabilities in place; returns `[g, r, d]`. K and V are
+/// packed per group like weights (V transposed), a small cost next to the products.
+pub fn attention_products(
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    (groups, r, keys, d): (usize, usize, usize, usize),
+    softmax: impl FnOnce(&mut [f32]),
+) -> Vec<f32> {
+    assert!(q.len() == groups * r * d && k.len() == groups * keys * d && v.len() == k.len());
+    let to_bits = |x: f32| bf16::from_f32(x).to_bits();
+    let mut scores: Vec<f32> = Vec::with_capacity(groups * r * keys);
+    let scores_out = SendPtr(scores.as_mut_ptr());
+    (0..groups).into_par_iter().for_each(|g| {
+        let scores_out = &scores_out;
+        let kg = &k[g * keys * d..(g + 1) * keys * d];
+        let k_panels = Panels::pack(keys.div_ceil(16), d, |key, out| {
+            if key < keys {
+                out.iter_mut().zip(&kg[key * d..(key + 1) * d]).for_each(|(o, &x)| *o = to_bits(x));
+            }
+        });
+        // SAFETY: group g's `r × keys` scores, a region of `scores` no other group writes.
+        unsafe {
+            run_into(
+                &k_panels,
+                &q[g * r * d..(g + 1) * r * d],
+                r,
+                keys,
+                Epilogue::Store,
+                scores_out.0.add(g * r * keys),
+            )
+        }
+    });
+    // SAFETY: every group wrote its scores just above.
+    unsafe { scores.set_len(groups * r * keys) };
+    softmax(&mut scores);
+    let mut out: Vec<f32> = Vec::with_capacity(groups * r * d);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..groups).into_par_iter().for_each(|g| {
+        let out_ptr = &out_ptr;
+        let vg = &v[g * keys * d..(g + 1) * keys * d];
+        let v_panels = Panels::pack(d.div_ceil(16), keys, |col, out| {
+            if col < d {
+                out.iter_mut().enumerate().for_each(|(key, o)| *o = to_bits(vg[key * d + col]));
+            }
+        });
+        let probs = &scores[g * r * keys..(g + 1) * r * keys];
+        // SAFETY: group g's `r × d` outputs, a region of `out` no other group writes.
+        unsafe { run_into(&v_panels, probs, r, d, Epilogue::Store, out_ptr.0.add(g * r * d)) }
+    });
+    // SAFETY: every group wrote its outputs just above.
+    unsafe { out.set_len(groups * r * d) };
+    out
 }
 
 struct SendPtr(*mut f32);

@@ -134,14 +134,7 @@ impl InplaceOp1 for MaskedSoftmax<'_> {
         };
         let dims = layout.dims();
         let (keys, rows_per_batch) = (dims[dims.len() - 1], dims[1..dims.len() - 1].iter().product::<usize>());
-        let (scale, rows, limits) = (self.scale, self.rows, self.limits);
-        data[start..end].par_chunks_mut(keys).enumerate().for_each(|(i, row)| {
-            let last = match limits {
-                KeyLimits::Causal { first_row } => first_row + i % rows,
-                KeyLimits::PerBatchRow(limits) => limits[i / rows_per_batch] as usize,
-            };
-            softmax_row(row, (last + 1).min(keys), scale)
-        });
+        masked_softmax(&mut data[start..end], (keys, rows_per_batch), self.scale, self.rows, self.limits);
         Ok(())
     }
 }
@@ -151,6 +144,24 @@ impl InplaceOp1 for MaskedSoftmax<'_> {
 /// The same numbers as scaling, adding the additive mask and candle's softmax, within an ulp.
 pub fn masked_softmax_in_place(scores: &Tensor, scale: f32, rows: usize, limits: KeyLimits) -> Result<()> {
     scores.inplace_op1(&MaskedSoftmax { scale, rows, limits })
+}
+
+/// [`masked_softmax_in_place`] on the scores themselves: `keys` per row, `rows_per_batch` rows
+/// per batch row (heads × query rows), `rows` query rows per head.
+pub fn masked_softmax(
+    scores: &mut [f32],
+    (keys, rows_per_batch): (usize, usize),
+    scale: f32,
+    rows: usize,
+    limits: KeyLimits,
+) {
+    scores.par_chunks_mut(keys).enumerate().for_each(|(i, row)| {
+        let last = match limits {
+            KeyLimits::Causal { first_row } => first_row + i % rows,
+            KeyLimits::PerBatchRow(limits) => limits[i / rows_per_batch] as usize,
+        };
+        softmax_row(row, (last + 1).min(keys), scale)
+    });
 }
 
 dispatch_avx512!(softmax_row: fn(row: &mut [f32], visible: usize, scale: f32) => softmax_row_body);

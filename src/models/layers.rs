@@ -329,10 +329,36 @@ pub fn run_decoder(
 /// model would otherwise need 32 GiB for one layer's scores).
 pub const MAX_SCORE_ELEMENTS: usize = 64 << 20;
 
+/// How attention's two products (scores and the weighted sum of values) run on CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionProducts {
+    /// In the activations' dtype (candle's matmul): f32 stays exact.
+    Exact,
+    /// bf16 inputs, f32 accumulation, through the bf16 kernel: the bf16 mode's, as transformers'
+    /// bf16 attention multiplies bf16 q, k, probabilities and v.
+    Bf16,
+}
+
+impl AttentionProducts {
+    pub fn for_kind(kind: &LinearKind) -> Self {
+        match kind {
+            LinearKind::PackedBf16(_) => AttentionProducts::Bf16,
+            LinearKind::Dense => AttentionProducts::Exact,
+        }
+    }
+}
+
 /// Scaled dot-product attention with grouped KV heads, each query row seeing the keys `queries`
 /// allows. q: `[b, heads, tq, d]` (the rows `queries` selects), k/v: `[b, kv_heads, t, d]`.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, queries: &QueryRows, scale: f64) -> Result<Tensor> {
-    attention_in_blocks(q, k, v, queries, scale, MAX_SCORE_ELEMENTS)
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    queries: &QueryRows,
+    scale: f64,
+    products: AttentionProducts,
+) -> Result<Tensor> {
+    attention_in_blocks(q, k, v, queries, scale, products, MAX_SCORE_ELEMENTS)
 }
 
 /// [`attention`] with the score budget as a parameter. Each block of query rows
@@ -344,13 +370,14 @@ pub fn attention_in_blocks(
     v: &Tensor,
     queries: &QueryRows,
     scale: f64,
+    products: AttentionProducts,
     max_score_elements: usize,
 ) -> Result<Tensor> {
     let (b, heads, t, _) = q.dims4()?;
     let rows_per_block = (max_score_elements / (b * heads * t).max(1)).max(1);
     if rows_per_block >= t {
         let visible = Visible { mask: &queries.mask, first_row: 0, pooled: queries.pooled.as_deref() };
-        return attention_block(q, k, v, &visible, scale);
+        return attention_block(q, k, v, &visible, scale, products);
     }
     let mut outputs = Vec::with_capacity(t.div_ceil(rows_per_block));
     for start in (0..t).step_by(rows_per_block) {
@@ -361,7 +388,7 @@ pub fn attention_in_blocks(
         let v_block = v.narrow(2, 0, keys)?.contiguous()?;
         let mask = queries.mask.narrow(2, start, rows)?.narrow(3, 0, keys)?;
         let visible = Visible { mask: &mask, first_row: start, pooled: queries.pooled.as_deref() };
-        outputs.push(attention_block(&q_block, &k_block, &v_block, &visible, scale)?);
+        outputs.push(attention_block(&q_block, &k_block, &v_block, &visible, scale, products)?);
     }
     Tensor::cat(&outputs, 2)
 }
@@ -376,19 +403,46 @@ struct Visible<'a> {
 }
 
 /// One block: q `[b, heads, rows, d]` against k/v `[b, kv_heads, keys, d]`.
-fn attention_block(q: &Tensor, k: &Tensor, v: &Tensor, visible: &Visible, scale: f64) -> Result<Tensor> {
+fn attention_block(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    visible: &Visible,
+    scale: f64,
+    products: AttentionProducts,
+) -> Result<Tensor> {
     let (b, heads, rows, d) = q.dims4()?;
     let (kv_heads, keys) = (k.dim(1)?, k.dim(2)?);
     let n_rep = heads / kv_heads;
     // Group the query heads that share one KV head instead of copying K and V n_rep times.
     let q = q.reshape((b, kv_heads, n_rep * rows, d))?;
     let probs = if q.device().is_cpu() && q.dtype() == DType::F32 {
-        // One pass instead of five (scale, mask, and softmax's three), with a vectorised exp.
-        let scores = q.matmul(&k.t()?)?; // [b, kv, n_rep*rows, keys], a fresh buffer
         let limits = match visible.pooled {
             Some(pooled) => super::fast_ops::KeyLimits::PerBatchRow(pooled),
             None => super::fast_ops::KeyLimits::Causal { first_row: visible.first_row },
         };
+        #[cfg(target_arch = "x86_64")]
+        if products == AttentionProducts::Bf16 && super::bf16_linear::supported() {
+            let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+            let out = with_cpu_f32(&q, |q| {
+                with_cpu_f32(&k, |k| {
+                    with_cpu_f32(&v, |v| {
+                        super::bf16_linear::attention_products(
+                            (q, k, v),
+                            (b * kv_heads, n_rep * rows, keys, d),
+                            |scores| {
+                                let per_batch_row = (keys, kv_heads * n_rep * rows);
+                                super::fast_ops::masked_softmax(scores, per_batch_row, scale as f32, rows, limits)
+                            },
+                        )
+                    })
+                })
+            })???;
+            // [b, kv, n_rep × rows, d] is [b, heads, rows, d].
+            return Tensor::from_vec(out, (b, heads, rows, d), q.device());
+        }
+        // One pass instead of five (scale, mask, and softmax's three), with a vectorised exp.
+        let scores = q.matmul(&k.t()?)?; // [b, kv, n_rep*rows, keys], a fresh buffer
         super::fast_ops::masked_softmax_in_place(&scores, scale as f32, rows, limits)?;
         scores
     } else {
@@ -400,6 +454,15 @@ fn attention_block(q: &Tensor, k: &Tensor, v: &Tensor, visible: &Visible, scale:
         probs.reshape((b, kv_heads, n_rep * rows, keys))?
     };
     probs.matmul(v)?.reshape((b, heads, rows, d))
+}
+
+/// Runs `f` on the f32 values of a contiguous CPU tensor.
+#[cfg(target_arch = "x86_64")]
+fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("expected a CPU tensor") };
+    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("expected a contiguous tensor") };
+    Ok(f(&cpu.as_slice::<f32>()?[start..end]))
 }
 
 /// RMSNorm as transformers computes it: normalise in f32, cast back, then scale by the weight.
@@ -554,14 +617,14 @@ mod tests {
         let v = Tensor::randn(0f32, 1.0, (b, kv_heads, t, d), &dev).unwrap();
         let (cos, sin) = RotaryEmbedding::new(d, 10_000.0, None).unwrap().tables(t, &dev, DType::F32).unwrap();
         let all = QueryRows::all(&cos, &sin, causal_mask(t, &dev, DType::F32).unwrap());
-        let whole = attention_in_blocks(&q, &k, &v, &all, 0.3, usize::MAX).unwrap();
+        let whole = attention_in_blocks(&q, &k, &v, &all, 0.3, AttentionProducts::Exact, usize::MAX).unwrap();
         // 5 query rows per block: 8 blocks, the last one short.
-        let blocked = attention_in_blocks(&q, &k, &v, &all, 0.3, b * heads * t * 5).unwrap();
+        let blocked = attention_in_blocks(&q, &k, &v, &all, 0.3, AttentionProducts::Exact, b * heads * t * 5).unwrap();
         assert_eq!(blocked.dims(), whole.dims());
         let diff = (blocked - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-6, "max |diff| {diff}");
         // One query row per block, the smallest budget.
-        let rows = attention_in_blocks(&q, &k, &v, &all, 0.3, 1).unwrap();
+        let rows = attention_in_blocks(&q, &k, &v, &all, 0.3, AttentionProducts::Exact, 1).unwrap();
         let diff = (rows - &whole).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(diff < 1e-6, "max |diff| {diff}");
     }
@@ -585,9 +648,9 @@ mod tests {
         let (cos64, sin64) = rope.tables(t, &dev, DType::F64).unwrap();
         let all = QueryRows::all(&cos, &sin, causal_mask(t, &dev, DType::F32).unwrap());
         let all64 = QueryRows::all(&cos64, &sin64, causal_mask(t, &dev, DType::F64).unwrap());
-        let reference = attention(&wide(&q), &wide(&k), &wide(&v), &all64, 0.3).unwrap();
+        let reference = attention(&wide(&q), &wide(&k), &wide(&v), &all64, 0.3, AttentionProducts::Exact).unwrap();
         for budget in [usize::MAX, b * heads * t * 5, 1] {
-            let fused = attention_in_blocks(&q, &k, &v, &all, 0.3, budget).unwrap();
+            let fused = attention_in_blocks(&q, &k, &v, &all, 0.3, AttentionProducts::Exact, budget).unwrap();
             let diff = max_diff(fused, reference.clone());
             assert!(diff < 1e-5, "budget {budget}: max |diff| {diff}");
         }
@@ -595,8 +658,8 @@ mod tests {
         let at = QueryRows::pooled(&pooled, t, &cos, &sin).unwrap();
         let at64 = QueryRows::pooled(&pooled, t, &cos64, &sin64).unwrap();
         let q1 = q.narrow(2, 3, 1).unwrap().contiguous().unwrap();
-        let fused = attention(&q1, &k, &v, &at, 0.3).unwrap();
-        let reference = attention(&wide(&q1), &wide(&k), &wide(&v), &at64, 0.3).unwrap();
+        let fused = attention(&q1, &k, &v, &at, 0.3, AttentionProducts::Exact).unwrap();
+        let reference = attention(&wide(&q1), &wide(&k), &wide(&v), &at64, 0.3, AttentionProducts::Exact).unwrap();
         let diff = max_diff(fused.clone(), reference);
         assert!(diff < 1e-5, "pooled: max |diff| {diff}");
         // Row 2 sees key 0 only: its output is v at position 0 exactly.
@@ -604,6 +667,47 @@ mod tests {
         let v0 = v.get(2).unwrap().narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
         let v0 = Tensor::cat(&[&v0, &v0], 1).unwrap().reshape((heads, d)).unwrap();
         assert_eq!(max_diff(row2, v0), 0.0);
+    }
+
+    /// The bf16 mode's attention products against f64, causal (whole and in blocks) and pooled:
+    /// within bf16 noise, and visibly not the exact path (so the kernel did run).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn bf16_attention_products_stay_within_bf16_noise() {
+        if !crate::models::bf16_linear::supported() {
+            eprintln!("this CPU has no AVX512-BF16: the kernel is not used here");
+            return;
+        }
+        let dev = Device::Cpu;
+        let (b, heads, kv_heads, t, d) = (3, 4, 2, 45, 32);
+        let q = Tensor::randn(0f32, 1.0, (b, heads, t, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (b, kv_heads, t, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (b, kv_heads, t, d), &dev).unwrap();
+        let wide = |x: &Tensor| x.to_dtype(DType::F64).unwrap();
+        let max_diff = |a: &Tensor, b: &Tensor| -> f32 {
+            let b = b.to_dtype(DType::F32).unwrap();
+            (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+        };
+        let rope = RotaryEmbedding::new(d, 10_000.0, None).unwrap();
+        let (cos, sin) = rope.tables(t, &dev, DType::F32).unwrap();
+        let (cos64, sin64) = rope.tables(t, &dev, DType::F64).unwrap();
+        let all = QueryRows::all(&cos, &sin, causal_mask(t, &dev, DType::F32).unwrap());
+        let all64 = QueryRows::all(&cos64, &sin64, causal_mask(t, &dev, DType::F64).unwrap());
+        let scale = 1.0 / (d as f64).sqrt();
+        let exact = attention(&wide(&q), &wide(&k), &wide(&v), &all64, scale, AttentionProducts::Exact).unwrap();
+        for budget in [usize::MAX, b * heads * t * 7] {
+            let ours = attention_in_blocks(&q, &k, &v, &all, scale, AttentionProducts::Bf16, budget).unwrap();
+            let diff = max_diff(&ours, &exact);
+            assert!(diff < 0.05 && diff > 1e-5, "budget {budget}: max |diff| {diff}");
+        }
+        let pooled = [t - 1, 7, 0];
+        let at = QueryRows::pooled(&pooled, t, &cos, &sin).unwrap();
+        let at64 = QueryRows::pooled(&pooled, t, &cos64, &sin64).unwrap();
+        let q1 = q.narrow(2, 2, 1).unwrap().contiguous().unwrap();
+        let ours = attention(&q1, &k, &v, &at, scale, AttentionProducts::Bf16).unwrap();
+        let exact = attention(&wide(&q1), &wide(&k), &wide(&v), &at64, scale, AttentionProducts::Exact).unwrap();
+        let diff = max_diff(&ours, &exact);
+        assert!(diff < 0.05 && diff > 1e-5, "pooled: max |diff| {diff}");
     }
 
     #[test]

@@ -6,8 +6,8 @@ use candle_nn::{linear_no_bias, Linear, VarBuilder};
 use serde::Deserialize;
 
 use super::layers::{
-    attention, run_decoder, score_rows, GatedMlp, LinearKind, Proj, QueryRows, RmsNorm, RopeParameters,
-    RotaryEmbedding, TokenEmbedding,
+    attention, run_decoder, score_rows, AttentionProducts, GatedMlp, LinearKind, Proj, QueryRows, RmsNorm,
+    RopeParameters, RotaryEmbedding, TokenEmbedding,
 };
 use super::ModelBatch;
 
@@ -63,6 +63,7 @@ struct Attention {
     heads: usize,
     kv_heads: usize,
     head_dim: usize,
+    products: AttentionProducts,
 }
 
 impl Attention {
@@ -78,6 +79,7 @@ impl Attention {
             heads,
             kv_heads,
             head_dim: hd,
+            products: AttentionProducts::for_kind(kind),
         })
     }
 
@@ -94,7 +96,7 @@ impl Attention {
         let v = split(self.v_proj.forward(xs)?, t, self.kv_heads)?;
         let q = candle_nn::rotary_emb::rope(&q, &queries.cos, &queries.sin)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-        let out = attention(&q, &k, &v, queries, 1.0 / (self.head_dim as f64).sqrt())?;
+        let out = attention(&q, &k, &v, queries, 1.0 / (self.head_dim as f64).sqrt(), self.products)?;
         let out = out.transpose(1, 2)?.reshape((b, tq, self.heads * self.head_dim))?;
         self.o_proj.forward(&out)
     }
