@@ -1,7 +1,8 @@
 //! CPU f32 elementwise steps where candle calls the scalar `expf` once per element, fused into
 //! one pass each with an exp the compiler vectorises (AVX-512 where the CPU has it, picked at run
-//! time): the gated MLP's `silu(gate) · up`, and attention's scale + mask + softmax. Other dtypes
-//! and devices use candle's ops.
+//! time): the gated MLP's `silu(gate) · up`, attention's scale + mask + softmax, and the per-head
+//! steps between a projection and attention (split into heads, RMSNorm, rotary). Other dtypes and
+//! devices use candle's ops.
 
 use candle_core::{CpuStorage, CustomOp2, InplaceOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -203,6 +204,99 @@ fn softmax_row_body(row: &mut [f32], visible: usize, scale: f32) {
     hidden.fill(0.0);
 }
 
+/// A projection's output `x` `[b, t, heads × d]` as attention's `[b, heads, t, d]`, with the
+/// per-head RMSNorm (`norm`, Qwen3's q and k) and the rotary embedding (`rope`: cos and sin
+/// `[t, d/2]`, or `[b, t, d/2]` per batch row) applied on the way. On CPU f32 one pass reads `x`
+/// and writes the result (candle's ops take three, each writing a fresh buffer); the arithmetic
+/// is candle's, step for step.
+pub fn split_heads(
+    x: &Tensor,
+    (heads, d): (usize, usize),
+    norm: Option<&super::layers::RmsNorm>,
+    rope: Option<(&Tensor, &Tensor)>,
+) -> Result<Tensor> {
+    use candle_core::Module;
+    let (b, t, _) = x.dims3()?;
+    if !(x.device().is_cpu() && x.dtype() == candle_core::DType::F32) || d % 2 != 0 {
+        let y = x.reshape((b, t, heads, d))?;
+        let y = match norm {
+            Some(norm) => norm.forward(&y)?,
+            None => y,
+        };
+        let y = y.transpose(1, 2)?.contiguous()?;
+        return match rope {
+            Some((cos, sin)) => candle_nn::rotary_emb::rope(&y, cos, sin),
+            None => Ok(y),
+        };
+    }
+    let norm = match norm {
+        Some(norm) => {
+            let (weight, eps) = norm.parts();
+            Some((weight.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?, eps))
+        }
+        None => None,
+    };
+    let half = d / 2;
+    let rope = match rope {
+        Some((cos, sin)) => {
+            let per_batch_row = cos.rank() == 3;
+            let rows = if per_batch_row { cos.dim(1)? } else { cos.dim(0)? };
+            let tables = if per_batch_row { b } else { 1 };
+            if cos.elem_count() != tables * rows * half || sin.elem_count() != cos.elem_count() || rows < t {
+                candle_core::bail!("rotary tables {:?} do not fit {t} positions of {d}", cos.dims());
+            }
+            let flat = |v: &Tensor| v.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>();
+            Some((flat(cos)?, flat(sin)?, per_batch_row, rows))
+        }
+        None => None,
+    };
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage else { candle_core::bail!("expected CPU f32") };
+    let (start, end) = layout.contiguous_offsets().expect("made contiguous above");
+    let x = &data[start..end];
+    if x.len() != b * t * heads * d {
+        candle_core::bail!("split_heads: {:?} is not [{b}, {t}, {heads} × {d}]", layout.dims());
+    }
+    let mut out: Vec<f32> = Vec::with_capacity(x.len());
+    out.spare_capacity_mut().par_chunks_mut(t * d).enumerate().for_each(|(bh, dst)| {
+        let (bi, h) = (bh / heads, bh % heads);
+        for (ti, row) in dst.chunks_exact_mut(d).enumerate() {
+            let src = &x[((bi * t + ti) * heads + h) * d..][..d];
+            match &norm {
+                // candle's rms_norm: a sequential f32 sum of squares, then x / rms · w.
+                Some((weight, eps)) => {
+                    let sum2: f32 = src.iter().map(|v| v * v).sum();
+                    let m = (sum2 / d as f32 + eps).sqrt();
+                    for ((o, s), w) in row.iter_mut().zip(src).zip(weight) {
+                        o.write(*s / m * *w);
+                    }
+                }
+                None => {
+                    for (o, s) in row.iter_mut().zip(src) {
+                        o.write(*s);
+                    }
+                }
+            }
+            // SAFETY: every element of `row` was written just above.
+            let row = unsafe { &mut *(row as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+            if let Some((cos, sin, per_batch_row, rows)) = &rope {
+                let at = if *per_batch_row { bi * rows + ti } else { ti } * half;
+                let (cos, sin) = (&cos[at..at + half], &sin[at..at + half]);
+                // candle's rope (halves, not interleaved pairs).
+                for i in 0..half {
+                    let (a, c) = (row[i], row[i + half]);
+                    row[i] = a * cos[i] - c * sin[i];
+                    row[i + half] = a * sin[i] + c * cos[i];
+                }
+            }
+        }
+    });
+    // SAFETY: the chunks cover the whole buffer and every row of each was written.
+    unsafe { out.set_len(x.len()) };
+    Tensor::from_vec(out, (b, heads, t, d), &candle_core::Device::Cpu)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +332,60 @@ mod tests {
             let theirs: Vec<f32> = theirs.to_vec1().unwrap();
             for (a, b) in ours[i * keys..(i + 1) * keys].iter().zip(&theirs) {
                 assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "row {i}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// The fused CPU f32 pass against candle's reshape, RmsNorm, transpose and rope (taken by
+    /// f64): with and without the norm, with shared and per-batch-row rotary tables.
+    #[test]
+    fn split_heads_matches_candle_steps() {
+        use super::super::layers::{RmsNorm, RotaryEmbedding};
+        let device = candle_core::Device::Cpu;
+        let (b, t, heads, d) = (2, 7, 3, 8);
+        let x = Tensor::randn(0f32, 3.0, (b, t, heads * d), &device).unwrap();
+        let weight = Tensor::randn(1f32, 0.5, d, &device).unwrap();
+        let norm_in = |dtype| {
+            let tensors = std::collections::HashMap::from([("norm.weight".to_string(), weight.clone())]);
+            RmsNorm::load(d, 1e-6, candle_nn::VarBuilder::from_tensors(tensors, dtype, &device).pp("norm")).unwrap()
+        };
+        let norm = norm_in(candle_core::DType::F32);
+        let rope = RotaryEmbedding::new(d, 10_000.0, None).unwrap();
+        let (cos, sin) = rope.tables(t + 3, &device, candle_core::DType::F32).unwrap();
+        let cos = cos.narrow(0, 0, t).unwrap();
+        let sin = sin.narrow(0, 0, t).unwrap();
+        let positions = Tensor::new(&[4u32, 1], &device).unwrap();
+        let per_row = |v: &Tensor| v.index_select(&positions, 0).unwrap().unsqueeze(1).unwrap().contiguous().unwrap();
+        let (cos_b, sin_b) = (per_row(&cos), per_row(&sin));
+        let wide = |v: &Tensor| v.to_dtype(candle_core::DType::F64).unwrap();
+        let x1 = x.narrow(1, 0, 1).unwrap().contiguous().unwrap();
+        let norm64 = norm_in(candle_core::DType::F64);
+        for with_norm in [false, true] {
+            let (n, n64) = if with_norm { (Some(&norm), Some(&norm64)) } else { (None, None) };
+            let cases = [
+                (x.clone(), None),
+                (x.clone(), Some((cos.clone(), sin.clone()))),
+                (x1.clone(), Some((cos_b.clone(), sin_b.clone()))),
+            ];
+            for (input, tables) in cases {
+                let ours = split_heads(&input, (heads, d), n, tables.as_ref().map(|(c, s)| (c, s))).unwrap();
+                let tables64 = tables.as_ref().map(|(c, s)| (wide(c), wide(s)));
+                let theirs =
+                    split_heads(&wide(&input), (heads, d), n64, tables64.as_ref().map(|(c, s)| (c, s))).unwrap();
+                assert_eq!(ours.dims(), theirs.dims());
+                let diff = (ours - theirs.to_dtype(candle_core::DType::F32).unwrap())
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    diff < 1e-5,
+                    "norm {with_norm}, tables {:?}: max |diff| {diff}",
+                    tables.map(|(c, _)| c.dims().to_vec())
+                );
             }
         }
     }

@@ -476,6 +476,11 @@ impl RmsNorm {
     pub fn load(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Self { weight: vb.get(size, "weight")?, eps: eps as f32 })
     }
+
+    /// The scale and epsilon (for fused CPU passes that normalise on the way).
+    pub fn parts(&self) -> (&Tensor, f32) {
+        (&self.weight, self.eps)
+    }
 }
 
 impl Module for RmsNorm {

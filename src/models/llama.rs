@@ -5,6 +5,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{linear_no_bias, Linear, VarBuilder};
 use serde::Deserialize;
 
+use super::fast_ops::split_heads;
 use super::layers::{
     attention, run_decoder, score_rows, AttentionProducts, GatedMlp, LinearKind, Proj, QueryRows, RmsNorm,
     RopeParameters, RotaryEmbedding, TokenEmbedding,
@@ -85,17 +86,13 @@ impl Attention {
 
     /// `xs` `[b, t, h]` gives keys and values; queries come from the rows `queries` selects.
     fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, queries: &QueryRows) -> Result<Tensor> {
-        let (b, t, _) = xs.dims3()?;
+        let b = xs.dim(0)?;
         let xq = queries.select(xs)?;
         let tq = xq.dim(1)?;
-        let split = |x: Tensor, rows: usize, n: usize| -> Result<Tensor> {
-            x.reshape((b, rows, n, self.head_dim))?.transpose(1, 2)?.contiguous()
-        };
-        let q = split(self.q_proj.forward(&xq)?, tq, self.heads)?;
-        let k = split(self.k_proj.forward(xs)?, t, self.kv_heads)?;
-        let v = split(self.v_proj.forward(xs)?, t, self.kv_heads)?;
-        let q = candle_nn::rotary_emb::rope(&q, &queries.cos, &queries.sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let (hd, kv) = (self.head_dim, self.kv_heads);
+        let q = split_heads(&self.q_proj.forward(&xq)?, (self.heads, hd), None, Some((&queries.cos, &queries.sin)))?;
+        let k = split_heads(&self.k_proj.forward(xs)?, (kv, hd), None, Some((cos, sin)))?;
+        let v = split_heads(&self.v_proj.forward(xs)?, (kv, hd), None, None)?;
         let out = attention(&q, &k, &v, queries, 1.0 / (self.head_dim as f64).sqrt(), self.products)?;
         let out = out.transpose(1, 2)?.reshape((b, tq, self.heads * self.head_dim))?;
         self.o_proj.forward(&out)
