@@ -308,13 +308,20 @@ unsafe fn run_into(panels: &Panels, x: &[f32], m: usize, n: usize, epilogue: Epi
                 // of `y` (together: all of it), whose buffer the caller keeps for the parallel
                 // loop; every read is in bounds (panels and pair rows are padded).
                 unsafe {
-                    let a = a.as_ptr().add(r * pairs);
-                    let b = panels.data.as_ptr().add(first_panel * pairs * 16);
-                    let o = out.0.add(r * n + first_col);
+                    let tile = Tile {
+                        a: a.as_ptr().add(r * pairs),
+                        pairs,
+                        rows: tile_rows,
+                        b: panels.data.as_ptr().add(first_panel * pairs * 16),
+                        panels: tile_panels,
+                        out: out.0.add(r * n + first_col),
+                        ldo: n,
+                        cols,
+                    };
                     if tile_rows == MR && tile_panels == NR && cols == full_cols {
-                        full_tile(a, pairs, b, o, n, epilogue)
+                        full_tile(tile, epilogue)
                     } else {
-                        edge_tile(a, pairs, tile_rows, b, tile_panels, o, n, cols, epilogue)
+                        edge_tile(tile, epilogue)
                     }
                 }
             }
@@ -420,46 +427,40 @@ unsafe fn round_bytes(src: &[u8], out: &mut [u16]) {
     }
 }
 
-/// A whole MR × (NR panels) tile: the loops unroll and every branch folds away.
+/// One micro-tile's operands: `rows` (≤ MR) pair rows of the activations at `a` (`pairs` each),
+/// `panels` (≤ NR) packed panels at `b`, and `cols` output columns at `out` (row stride `ldo`).
+#[derive(Clone, Copy)]
+struct Tile {
+    a: *const u32,
+    pairs: usize,
+    rows: usize,
+    b: *const u32,
+    panels: usize,
+    out: *mut f32,
+    ldo: usize,
+    cols: usize,
+}
+
+/// A whole MR × (NR panels) tile: with the sizes constant, the loops unroll and every branch
+/// folds away.
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn full_tile(a: *const u32, pairs: usize, b: *const u32, out: *mut f32, ldo: usize, epilogue: Epilogue) {
+unsafe fn full_tile(tile: Tile, epilogue: Epilogue) {
     let cols = if epilogue == Epilogue::Store { NR * 16 } else { NR * 8 };
-    tile_body(a, pairs, MR, b, NR, out, ldo, cols, epilogue)
+    tile_body(Tile { rows: MR, panels: NR, cols, ..tile }, epilogue)
 }
 
 /// A tile at the bottom or right edge: fewer rows, panels or columns.
 #[target_feature(enable = "avx512f,avx512bf16")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn edge_tile(
-    a: *const u32,
-    pairs: usize,
-    rows: usize,
-    b: *const u32,
-    panels: usize,
-    out: *mut f32,
-    ldo: usize,
-    cols: usize,
-    epilogue: Epilogue,
-) {
-    tile_body(a, pairs, rows, b, panels, out, ldo, cols, epilogue)
+unsafe fn edge_tile(tile: Tile, epilogue: Epilogue) {
+    tile_body(tile, epilogue)
 }
 
-/// `rows` (≤ MR) × `panels` (≤ NR) of accumulators: each is 16 packed columns of one row, each
-/// step one bf16 pair of the row broadcast against one packed pair per column. Then the
-/// epilogue writes `cols` output columns.
+/// `rows` × `panels` accumulators: each is 16 packed columns of one row, each step one bf16 pair
+/// of the row broadcast against one packed pair per column. Then the epilogue writes `cols`
+/// output columns.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_body(
-    a: *const u32,
-    pairs: usize,
-    rows: usize,
-    b: *const u32,
-    panels: usize,
-    out: *mut f32,
-    ldo: usize,
-    cols: usize,
-    epilogue: Epilogue,
-) {
+unsafe fn tile_body(tile: Tile, epilogue: Epilogue) {
+    let Tile { a, pairs, rows, b, panels, out, ldo, cols } = tile;
     let mut acc = [[_mm512_setzero_ps(); NR]; MR];
     for q in 0..pairs {
         let mut bv = [_mm512_setzero_si512(); NR];
