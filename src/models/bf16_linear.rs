@@ -65,7 +65,7 @@ impl Panels {
 }
 
 /// One row of a checkpoint tensor `[rows, k]` (f32, f16 or bf16 bytes) as bf16 bits.
-fn read_row(view: &safetensors::tensor::TensorView<'_>, row: usize, out: &mut [u16]) {
+pub(super) fn read_row(view: &safetensors::tensor::TensorView<'_>, row: usize, out: &mut [u16]) {
     let k = out.len();
     let width = view.dtype().bitsize() / 8;
     let src = &view.data()[row * k * width..(row + 1) * k * width];
@@ -91,7 +91,7 @@ fn read_row(view: &safetensors::tensor::TensorView<'_>, row: usize, out: &mut [u
 }
 
 /// The `[out_dim, in_dim]` weight `name` of the memory-mapped checkpoint, checked.
-fn weight_view<'a>(
+pub(super) fn weight_view<'a>(
     checkpoint: &'a MmapedSafetensors,
     name: &str,
     in_dim: usize,
@@ -243,9 +243,7 @@ fn forward_rows(xs: &Tensor, k: usize, n: usize, product: impl Fn(&[f32], usize)
     let xs = xs.to_dtype(DType::F32)?.contiguous()?;
     let y = {
         let (storage, layout) = xs.storage_and_layout();
-        let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("the bf16 kernel runs on CPU") };
-        let (start, end) = layout.contiguous_offsets().expect("made contiguous above");
-        product(&cpu.as_slice::<f32>()?[start..end], m)
+        product(super::fast_ops::cpu_f32(&storage, layout)?, m)
     };
     let mut out_dims = dims;
     *out_dims.last_mut().expect("non-empty") = n;
@@ -395,35 +393,33 @@ unsafe impl Send for SendPtr {}
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn round_row(row: &[f32], out: *mut u32, pairs: usize) {
     let halves = out as *mut u16;
-    let mut i = 0;
-    while i + 16 <= row.len() {
-        let v = _mm512_loadu_ps(row.as_ptr().add(i));
-        let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
-        _mm256_storeu_si256(halves.add(i) as *mut __m256i, b);
-        i += 16;
-    }
-    for (j, v) in row.iter().enumerate().skip(i) {
-        *halves.add(j) = bf16::from_f32(*v).to_bits();
-    }
+    round_f32s(row.as_ptr(), row.len(), halves);
     if row.len() < 2 * pairs {
         *halves.add(row.len()) = 0;
     }
 }
 
-/// f32 bytes of a checkpoint row → bf16 bits, 16 at a time (round to nearest even, as
-/// [`round_row`] and `bf16::from_f32`); most of a bf16 load of an f32 checkpoint is this loop.
+/// f32 bytes of a checkpoint row (little-endian, as x86 is; any alignment) → bf16 bits; most of
+/// a bf16 load of an f32 checkpoint is this loop.
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn round_bytes(src: &[u8], out: &mut [u16]) {
+    assert_eq!(src.len(), 4 * out.len());
+    round_f32s(src.as_ptr() as *const f32, out.len(), out.as_mut_ptr())
+}
+
+/// `len` f32 at `src` (unaligned reads) → bf16 bits at `out`, 16 at a time, rounding to nearest
+/// even as `bf16::from_f32` does.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn round_f32s(src: *const f32, len: usize, out: *mut u16) {
     let mut i = 0;
-    while i + 16 <= out.len() {
-        let v = _mm512_loadu_ps(src.as_ptr().add(4 * i) as *const f32);
+    while i + 16 <= len {
+        let v = _mm512_loadu_ps(src.add(i));
         let b: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
-        _mm256_storeu_si256(out.as_mut_ptr().add(i) as *mut __m256i, b);
+        _mm256_storeu_si256(out.add(i) as *mut __m256i, b);
         i += 16;
     }
-    for (j, o) in out.iter_mut().enumerate().skip(i) {
-        let b = &src[4 * j..4 * j + 4];
-        *o = bf16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_bits();
+    for j in i..len {
+        *out.add(j) = bf16::from_f32(src.add(j).read_unaligned()).to_bits();
     }
 }
 

@@ -204,6 +204,14 @@ fn softmax_row_body(row: &mut [f32], visible: usize, scale: f32) {
     hidden.fill(0.0);
 }
 
+/// The values of a contiguous CPU f32 tensor, borrowed through its storage guard:
+/// `let (storage, layout) = t.storage_and_layout(); let values = cpu_f32(&storage, layout)?;`
+pub fn cpu_f32<'a>(storage: &'a candle_core::Storage, layout: &Layout) -> Result<&'a [f32]> {
+    let candle_core::Storage::Cpu(cpu) = storage else { candle_core::bail!("expected a CPU tensor") };
+    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("expected a contiguous tensor") };
+    Ok(&cpu.as_slice::<f32>()?[start..end])
+}
+
 /// A projection's output `x` `[b, t, heads × d]` as attention's `[b, heads, t, d]`, with the
 /// per-head RMSNorm (`norm`, Qwen3's q and k) and the rotary embedding (`rope`: cos and sin
 /// `[t, d/2]`, or `[b, t, d/2]` per batch row) applied on the way. On CPU f32 one pass reads `x`
@@ -252,9 +260,7 @@ pub fn split_heads(
     };
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
-    let candle_core::Storage::Cpu(CpuStorage::F32(data)) = &*storage else { candle_core::bail!("expected CPU f32") };
-    let (start, end) = layout.contiguous_offsets().expect("made contiguous above");
-    let x = &data[start..end];
+    let x = cpu_f32(&storage, layout)?;
     if x.len() != b * t * heads * d {
         candle_core::bail!("split_heads: {:?} is not [{b}, {t}, {heads} × {d}]", layout.dims());
     }

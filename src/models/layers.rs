@@ -33,6 +33,7 @@ pub enum TokenEmbedding {
     Table(candle_nn::Embedding),
     /// Rows of `name` in the checkpoint, rounded to bf16 as the bf16 model's own table would be,
     /// handed on in f32.
+    #[cfg(target_arch = "x86_64")]
     MappedBf16 {
         checkpoint: std::sync::Arc<candle_core::safetensors::MmapedSafetensors>,
         name: String,
@@ -44,6 +45,7 @@ impl std::fmt::Debug for TokenEmbedding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TokenEmbedding::Table(table) => f.debug_tuple("Table").field(table).finish(),
+            #[cfg(target_arch = "x86_64")]
             TokenEmbedding::MappedBf16 { name, hidden, .. } => {
                 f.debug_struct("MappedBf16").field("name", name).field("hidden", hidden).finish()
             }
@@ -54,18 +56,14 @@ impl std::fmt::Debug for TokenEmbedding {
 impl TokenEmbedding {
     pub fn load(vocab: usize, hidden: usize, vb: VarBuilder, kind: &LinearKind) -> Result<Self> {
         match kind {
+            #[cfg(target_arch = "x86_64")]
             LinearKind::PackedBf16(checkpoint) => {
                 let name = format!("{}.weight", vb.prefix());
-                let view = checkpoint.get(&name)?;
-                if view.shape() != [vocab, hidden] {
-                    candle_core::bail!("{name}: shape {:?}, expected [{vocab}, {hidden}]", view.shape());
-                }
-                if !matches!(view.dtype(), safetensors::Dtype::F32 | safetensors::Dtype::BF16 | safetensors::Dtype::F16)
-                {
-                    candle_core::bail!("{name}: weights of dtype {:?} are not supported", view.dtype());
-                }
+                super::bf16_linear::weight_view(checkpoint, &name, hidden, vocab)?;
                 Ok(Self::MappedBf16 { checkpoint: checkpoint.clone(), name, hidden })
             }
+            #[cfg(not(target_arch = "x86_64"))]
+            LinearKind::PackedBf16(_) => candle_core::bail!("the bf16 kernel needs an x86-64 CPU with AVX512-BF16"),
             LinearKind::Dense => Ok(Self::Table(candle_nn::embedding(vocab, hidden, vb)?)),
         }
     }
@@ -73,37 +71,27 @@ impl TokenEmbedding {
 
 impl Module for TokenEmbedding {
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        let (checkpoint, name, hidden) = match self {
-            TokenEmbedding::Table(table) => return table.forward(ids),
-            TokenEmbedding::MappedBf16 { checkpoint, name, hidden } => (checkpoint, name, *hidden),
-        };
-        let view = checkpoint.get(name)?;
-        let (bytes, dtype) = (view.data(), view.dtype());
-        let width = dtype.bitsize() / 8;
-        let vocab = view.shape()[0];
-        let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
-        let mut out = Vec::with_capacity(flat.len() * hidden);
-        for &id in &flat {
-            let id = id as usize;
-            if id >= vocab {
-                candle_core::bail!("token id {id} is outside the embedding table ({vocab} rows)");
-            }
-            let row = &bytes[id * hidden * width..(id + 1) * hidden * width];
-            match dtype {
-                safetensors::Dtype::F32 => out.extend(
-                    row.chunks_exact(4)
-                        .map(|b| half::bf16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_f32()),
-                ),
-                safetensors::Dtype::F16 => out.extend(
-                    row.chunks_exact(2)
-                        .map(|b| half::bf16::from_f32(half::f16::from_le_bytes([b[0], b[1]]).to_f32()).to_f32()),
-                ),
-                _ => out.extend(row.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())),
+        match self {
+            TokenEmbedding::Table(table) => table.forward(ids),
+            #[cfg(target_arch = "x86_64")]
+            TokenEmbedding::MappedBf16 { checkpoint, name, hidden } => {
+                let view = checkpoint.get(name)?;
+                let vocab = view.shape()[0];
+                let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+                let mut bits = vec![0u16; *hidden];
+                let mut out = Vec::with_capacity(flat.len() * hidden);
+                for &id in &flat {
+                    if id as usize >= vocab {
+                        candle_core::bail!("token id {id} is outside the embedding table ({vocab} rows)");
+                    }
+                    super::bf16_linear::read_row(&view, id as usize, &mut bits);
+                    out.extend(bits.iter().map(|&b| half::bf16::from_bits(b).to_f32()));
+                }
+                let mut dims = ids.dims().to_vec();
+                dims.push(*hidden);
+                Tensor::from_vec(out, dims, ids.device())
             }
         }
-        let mut dims = ids.dims().to_vec();
-        dims.push(hidden);
-        Tensor::from_vec(out, dims, ids.device())
     }
 }
 
@@ -423,21 +411,18 @@ fn attention_block(
         };
         #[cfg(target_arch = "x86_64")]
         if products == AttentionProducts::Bf16 && super::bf16_linear::supported() {
+            use super::fast_ops::cpu_f32;
             let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-            let out = with_cpu_f32(&q, |q| {
-                with_cpu_f32(&k, |k| {
-                    with_cpu_f32(&v, |v| {
-                        super::bf16_linear::attention_products(
-                            (q, k, v),
-                            (b * kv_heads, n_rep * rows, keys, d),
-                            |scores| {
-                                let per_batch_row = (keys, kv_heads * n_rep * rows);
-                                super::fast_ops::masked_softmax(scores, per_batch_row, scale as f32, rows, limits)
-                            },
-                        )
-                    })
-                })
-            })???;
+            let ((qs, ql), (ks, kl), (vs, vl)) =
+                (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout());
+            let out = super::bf16_linear::attention_products(
+                (cpu_f32(&qs, ql)?, cpu_f32(&ks, kl)?, cpu_f32(&vs, vl)?),
+                (b * kv_heads, n_rep * rows, keys, d),
+                |scores| {
+                    let per_batch_row = (keys, kv_heads * n_rep * rows);
+                    super::fast_ops::masked_softmax(scores, per_batch_row, scale as f32, rows, limits)
+                },
+            );
             // [b, kv, n_rep × rows, d] is [b, heads, rows, d].
             return Tensor::from_vec(out, (b, heads, rows, d), q.device());
         }
@@ -454,15 +439,6 @@ fn attention_block(
         probs.reshape((b, kv_heads, n_rep * rows, keys))?
     };
     probs.matmul(v)?.reshape((b, heads, rows, d))
-}
-
-/// Runs `f` on the f32 values of a contiguous CPU tensor.
-#[cfg(target_arch = "x86_64")]
-fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else { candle_core::bail!("expected a CPU tensor") };
-    let Some((start, end)) = layout.contiguous_offsets() else { candle_core::bail!("expected a contiguous tensor") };
-    Ok(f(&cpu.as_slice::<f32>()?[start..end]))
 }
 
 /// RMSNorm as transformers computes it: normalise in f32, cast back, then scale by the weight.
