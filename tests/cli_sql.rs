@@ -90,17 +90,8 @@ fn copy_to_parquet_carries_metadata_and_every_row() {
     assert!(get("skyscore.template_sha256").is_some_and(|h| h.len() == 64));
     assert!(get("skyscore.version").is_some());
 
-    // The written scores read back through SQL equal the fixture scores.
-    let run = skyscore(&[
-        "sql",
-        "-t",
-        &format!("scored={}", p(&out)),
-        "--format",
-        "csv",
-        "SELECT count(*), count(DISTINCT id), count(score) FROM scored",
-    ]);
-    assert!(run.status.success(), "{}", stderr(&run));
-    assert!(String::from_utf8_lossy(&run.stdout).contains("320,320,320"));
+    // Every row was written once, with its score, and reads back through SQL.
+    assert_eq!(common::count_rows_ids_scores(&out), "320,320,320");
 }
 
 #[test]

@@ -228,15 +228,7 @@ fn a_cluster_scores_like_a_local_run_and_filters_before_the_model() {
     let copy = format!("COPY (SELECT id, {SCORE} AS score FROM sft) TO '{}'", p(&out));
     let run = cluster.sql(&table, &[&copy]);
     assert!(run.status.success(), "{}", stderr(&run));
-    let check = skyscore(&[
-        "sql",
-        "-t",
-        &format!("scored={}", p(&out)),
-        "--format",
-        "csv",
-        "SELECT count(*), count(DISTINCT id), count(score) FROM scored",
-    ]);
-    assert!(String::from_utf8_lossy(&check.stdout).contains("320,320,320"), "{}", stderr(&check));
+    assert_eq!(common::count_rows_ids_scores(&out), "320,320,320");
     // The file names the model that scored it, as a local run's does.
     let kv = common::parquet_metadata(&out);
     let get = |k: &str| kv.get(k).cloned();

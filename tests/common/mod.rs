@@ -89,6 +89,15 @@ pub fn parquet_metadata(path: &Path) -> std::collections::BTreeMap<String, Strin
     kv.into_iter().filter_map(|e| Some((e.key, e.value?))).collect()
 }
 
+/// `count(*), count(DISTINCT id), count(score)` of the scored table at `path`, as a CSV line
+/// ("320,320,320"), read back through `skyscore sql`.
+pub fn count_rows_ids_scores(path: &Path) -> String {
+    let query = "SELECT count(*), count(DISTINCT id), count(score) FROM scored";
+    let run = skyscore(&["sql", "-t", &format!("scored={}", p(path)), "--format", "csv", query]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    String::from_utf8_lossy(&run.stdout).lines().last().unwrap_or_default().to_string()
+}
+
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
