@@ -14,8 +14,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::encode::TruncationSide;
-use crate::models::Dtype;
+use skyscore_engine::encode::TruncationSide;
+use skyscore_engine::models::Dtype;
 
 pub const DEFAULT_MODEL: &str = "Skywork/Skywork-Reward-V2-Llama-3.1-8B-40M";
 pub const DEFAULT_NAME: &str = "SkyworkRewardScorer";

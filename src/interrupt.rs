@@ -3,11 +3,17 @@
 //! second Ctrl-C ends the process at once.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// The flag the engine reads between device batches (`EngineOptions::stop`).
+pub fn stop_flag() -> Arc<AtomicBool> {
+    static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    STOP.get_or_init(|| Arc::new(AtomicBool::new(false))).clone()
+}
 
 /// Installs the handlers (once per process; later calls do nothing).
 pub fn install() {
@@ -20,6 +26,7 @@ pub fn install() {
         // A second signal of the same kind exits at once with the conventional code.
         let _ = signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, seen.clone());
         let _ = signal_hook::flag::register(signal, seen);
+        let _ = signal_hook::flag::register(signal, stop_flag());
         // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
         let _ = unsafe { signal_hook::low_level::register(signal, move || SIGNAL.store(signal, Ordering::SeqCst)) };
     }
@@ -38,12 +45,11 @@ pub fn exit_code(signal: i32) -> u8 {
     (128 + signal) as u8
 }
 
-/// The error a run returns when it stopped on request.
-#[derive(Debug, thiserror::Error)]
-#[error("interrupted ({})", if *.0 == SIGINT { "Ctrl-C" } else { "SIGTERM" })]
-pub struct Interrupted(pub i32);
-
-/// `Err(Interrupted)` once a stop was asked for.
-pub fn check() -> Result<(), Interrupted> {
-    requested().map_or(Ok(()), |s| Err(Interrupted(s)))
+/// What a signal is called in messages.
+pub fn signal_name(signal: i32) -> &'static str {
+    if signal == SIGINT {
+        "Ctrl-C"
+    } else {
+        "SIGTERM"
+    }
 }

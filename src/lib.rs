@@ -1,30 +1,20 @@
-//! skyscore: score supervised fine-tuning data with Skywork-Reward-V2 reward models.
+//! skyscore, the application: score supervised fine-tuning data with Skywork-Reward-V2 reward
+//! models from the command line or inside SQL.
 //!
-//! Layers, bottom up: `skyscore-core` is the contract (conversations, the `Scorer` trait,
-//! per-row results, stats); [`hub`] and [`checkpoint`] find and check a model's files;
-//! [`template`] and [`encode`] turn conversations into token ids; [`models`] holds one candle
-//! forward per architecture; [`device`] opens devices; [`batching`] and [`engine`] run chunks
-//! of conversations through the model; [`tables`], [`io`], [`session`], [`cluster`] (Ballista
-//! scheduler, executor and client sessions), [`config`] and [`cli`] are the application around it.
+//! The crates below it, by layer: `skyscore-core` is the contract (conversations, the `Scorer`
+//! trait, per-row results, stats, model facts); `skyscore-engine` loads checkpoints and runs the
+//! models; `skyscore-udf` is the DataFusion side (UDFs, batching service, cache, plan rules).
+//! This crate adds what a user runs: [`cli`] (the commands), [`run`] (what every job shares:
+//! the resolved engine, the scorer loader, the summary), [`sql`] (sessions and atomic outputs),
+//! [`cluster`] (Ballista scheduler, executor and client sessions), [`io`] (file formats, inputs
+//! and outputs), [`config`] (the YAML scorer spec), [`plot`] and [`interrupt`] (Ctrl-C).
+//! It is the only crate that may depend on Ballista and datafusion-cli.
 
-pub mod batching;
-pub mod checkpoint;
 pub mod cli;
 pub mod cluster;
 pub mod config;
-pub mod device;
-pub mod encode;
-pub mod engine;
-pub mod hub;
 pub mod interrupt;
 pub mod io;
-pub mod models;
 pub mod plot;
-pub mod session;
-pub mod store;
-pub mod tables;
-pub mod template;
-
-pub use device::{DeviceList, DeviceSpec};
-pub use engine::{ConversationChunk, Engine, EngineOptions};
-pub use models::Dtype;
+pub mod run;
+pub mod sql;

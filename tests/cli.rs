@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 use datafusion::arrow::array::AsArray;
@@ -361,6 +361,48 @@ fn broken_checkpoints_fail_cleanly() {
     assert_clean_failure(&run_with(&dir.path().join("nothing-here")), "nothing-here does not exist");
 }
 
+/// Overwrites tensor `name` of a safetensors file with `value` (f32 tensors only).
+fn fill_tensor(file: &Path, name: &str, value: f32) {
+    let mut bytes = std::fs::read(file).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    assert_eq!(header[name]["dtype"], "F32", "{name}");
+    let offsets = &header[name]["data_offsets"];
+    let (start, end) = (offsets[0].as_u64().unwrap() as usize, offsets[1].as_u64().unwrap() as usize);
+    let data = &mut bytes[8 + header_len + start..8 + header_len + end];
+    for chunk in data.chunks_exact_mut(4) {
+        chunk.copy_from_slice(&value.to_le_bytes());
+    }
+    std::fs::write(file, bytes).unwrap();
+}
+
+/// A checkpoint whose score head is NaN gives NaN logits: every row is a row error that names
+/// it (or a null with --skip-invalid), and nothing non-finite reaches the output or the store.
+#[test]
+fn non_finite_scores_are_row_errors_and_never_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = copy_model("tiny-llama", dir.path());
+    fill_tensor(&model.join("model-00003-of-00003.safetensors"), "score.weight", f32::NAN);
+    let input = repo().join("sample_data/sft_sample.parquet");
+    let (out, store) = (dir.path().join("out.jsonl"), dir.path().join("store.redb"));
+    let run = score(p(&model), &input, &out, &["--store", p(&store)]);
+    assert_clean_failure(&run, "the model gave a non-finite score (NaN)");
+    assert!(stderr(&run).contains("row "), "{}", stderr(&run));
+    assert!(!out.exists());
+
+    let stats = dir.path().join("stats.json");
+    let run = score(p(&model), &input, &out, &["--store", p(&store), "--skip-invalid", "--stats-json", p(&stats)]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let rows: Vec<serde_json::Value> = read_jsonl(&out);
+    assert_eq!(rows.len(), 320);
+    assert!(rows.iter().all(|r| r["score"].is_null()), "{:?}", rows[0]);
+    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(s["skipped_rows"], 320, "{s}");
+    assert_eq!(s["store_hits"], 0, "no NaN was stored by the first run: {s}");
+    let info = skyscore(&["store", "info", "--store", p(&store)]);
+    assert!(String::from_utf8_lossy(&info.stdout).contains(": 0 scores"), "{}", String::from_utf8_lossy(&info.stdout));
+}
+
 /// A hub id resolves through a Hugging Face cache laid out as huggingface_hub lays it out
 /// (blobs + snapshots + refs), offline, by branch and by commit; a missing repo names the cache.
 #[test]
@@ -384,7 +426,7 @@ fn hub_ids_resolve_offline_from_the_cache() {
     let expected = expected_sample_scores("tiny-llama");
     for spec in ["Skywork/tiny-reward", &format!("Skywork/tiny-reward@{commit}")] {
         let out = dir.path().join("out.jsonl");
-        let run = Command::new(env!("CARGO_BIN_EXE_skyscore"))
+        let run = command()
             .args(["score", "--model", spec, "--input", p(&input), "--output", p(&out)])
             .env("HF_HOME", hf_home.path())
             .env_remove("HF_HUB_CACHE")
@@ -399,7 +441,7 @@ fn hub_ids_resolve_offline_from_the_cache() {
     // Online mode with an unreachable hub: everything required is cached, and the optional files
     // the snapshot lacks (chat_template.jinja) do not stop the run.
     let out = dir.path().join("online.jsonl");
-    let run = Command::new(env!("CARGO_BIN_EXE_skyscore"))
+    let run = command()
         .args(["score", "--model", "Skywork/tiny-reward", "--input", p(&input), "--output", p(&out)])
         .env("HF_HOME", hf_home.path())
         .env_remove("HF_HUB_CACHE")
@@ -410,7 +452,7 @@ fn hub_ids_resolve_offline_from_the_cache() {
     assert!(run.status.success(), "{}", stderr(&run));
     assert_eq!(read_jsonl::<serde_json::Value>(&out).len(), 320);
 
-    let run = Command::new(env!("CARGO_BIN_EXE_skyscore"))
+    let run = command()
         .args(["score", "--model", "Skywork/absent", "--input", p(&input), "--output", p(&dir.path().join("x.jsonl"))])
         .env("HF_HOME", hf_home.path())
         .env("HF_HUB_OFFLINE", "1")

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use common::{model_dir, p, repo, skyscore, stderr};
 
-const BIN: &str = env!("CARGO_BIN_EXE_skyscore");
 const SCORE: &str = "skywork_score(instruction, input, output)";
 
 /// A child process killed when dropped.
@@ -78,7 +77,7 @@ struct Cluster {
 impl Cluster {
     /// A scheduler and `n` executors serving tiny-llama, each running one task at a time.
     fn start(dir: &Path, n: usize) -> Self {
-        let mut scheduler = Command::new(BIN)
+        let mut scheduler = common::command()
             .args(["cluster", "scheduler", "--bind", "127.0.0.1:0", "--executor-timeout", "3"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -99,7 +98,7 @@ impl Cluster {
         let executors = (0..n)
             .map(|i| {
                 let (stats, log) = (dir.join(format!("executor{i}.json")), dir.join(format!("executor{i}.log")));
-                let child = Command::new(BIN)
+                let child = common::command()
                     .args(["cluster", "executor", "--scheduler", &address])
                     .args(["--bind", &format!("127.0.0.1:{}", free_port())])
                     .args(["--grpc-port", &free_port().to_string()])
@@ -297,7 +296,9 @@ fn executors_serving_another_model_fail_the_query_clearly() {
     assert_eq!(cluster.model_rows(), 0, "nothing was scored with the wrong model");
 
     // No scheduler at the address: said at once.
-    let run = skyscore(&["sql", "--cluster", &format!("df://127.0.0.1:{}", free_port()), &query]);
+    let model = model_dir("tiny-llama");
+    let nowhere = format!("df://127.0.0.1:{}", free_port());
+    let run = skyscore(&["sql", "--cluster", &nowhere, "--model", p(&model), &query]);
     assert!(!run.status.success() && stderr(&run).contains("no scheduler answers at 127.0.0.1:"), "{}", stderr(&run));
 
     // SIGTERM ends the cluster's processes.
@@ -314,7 +315,7 @@ fn a_query_survives_an_executor_killed_while_it_scores() {
     let table = split_sample(dir.path(), 0..8);
     let cluster = Cluster::start(dir.path(), 2);
     let model = model_dir("tiny-llama");
-    let client = Command::new(BIN)
+    let client = common::command()
         .args(["sql", "--cluster", &cluster.url, "--model", p(&model), "-t", &format!("sft={}", p(&table))])
         .args(["--format", "csv", &format!("SELECT count(*), count(DISTINCT id), count({SCORE}) FROM sft")])
         .stdout(Stdio::piped())

@@ -69,8 +69,8 @@ fn two_runs_writing_one_output_never_mix_their_rows() {
     let b = write(dir.path(), "b.jsonl", &rows_jsonl(41));
     let out = dir.path().join("out.jsonl");
     let spawn = |input: &Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_skyscore"))
-            .args(["score", "--model", &tiny_llama(), "--input", p(input), "--output", p(&out), "--no-store"])
+        let mut run = common::command();
+        run.args(["score", "--model", &tiny_llama(), "--input", p(input), "--output", p(&out), "--no-store"])
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap()

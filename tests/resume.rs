@@ -5,17 +5,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 
 fn tiny_llama() -> String {
     p(&model_dir("tiny-llama")).to_string()
-}
-
-fn sample() -> PathBuf {
-    repo().join("sample_data/sft_sample.parquet")
 }
 
 /// The sample rows six times over, each copy made distinct (the store would answer repeats):
@@ -42,15 +38,86 @@ fn big_input(dir: &Path) -> PathBuf {
 
 const BIG_ROWS: u64 = 1920;
 
-fn spawn(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_skyscore"))
-        .args(args)
-        .env_remove("HF_HUB_OFFLINE")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start skyscore")
+/// A skyscore run in the background whose engine logs each device batch (debug level), so a
+/// test can act on an observed event (batches committed) instead of a fraction of a measured
+/// time, which a loaded machine can outrun. Killed when dropped.
+struct Running {
+    child: Child,
+    /// `committed` of each "device batch scored" line, as they come.
+    batches: std::sync::mpsc::Receiver<u64>,
+    stderr: Option<std::thread::JoinHandle<String>>,
+    _isolated: Isolated,
 }
+
+impl Running {
+    fn start(args: &[&str]) -> Self {
+        let mut isolated = command();
+        let mut child = isolated
+            .args(args)
+            .env("RUST_LOG", "skyscore_engine=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start skyscore");
+        let (tx, batches) = std::sync::mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut text = String::new();
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                if line.contains("device batch scored") {
+                    let committed = line.split("committed=").nth(1).and_then(|v| v.trim().parse().ok());
+                    let _ = tx.send(committed.unwrap_or(0));
+                }
+                text.push_str(&line);
+                text.push('\n');
+            }
+            text
+        });
+        Self { child, batches, stderr: Some(stderr), _isolated: isolated }
+    }
+
+    /// Waits (at most `limit`) until `n` device batches were scored; returns the scores the
+    /// last of them had committed to the store in all.
+    fn wait_for_batches(&self, n: usize, limit: Duration) -> u64 {
+        let deadline = Instant::now() + limit;
+        let mut committed = 0;
+        for _ in 0..n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            committed = self.batches.recv_timeout(left).unwrap_or_else(|e| panic!("waiting for {n} batches: {e}"));
+        }
+        committed
+    }
+
+    /// Sends `signal` (`-INT`, `-TERM`, `-KILL`) through kill(1): no libc in the tests.
+    fn signal(&self, signal: &str) {
+        let ok = Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {signal}");
+    }
+
+    /// Waits (at most `limit`) for the process to end: its exit code and stderr.
+    fn finish(mut self, limit: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the run did not end within {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let text = self.stderr.take().expect("finished once").join().unwrap();
+        (status.code(), text)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(300);
 
 fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -88,19 +155,21 @@ fn score_resumes_after_kill_9_with_identical_output() {
     let model = tiny_llama();
     let input = big_input(dir.path());
     // The uninterrupted run, without a store.
-    let (full, full_stats) = (dir.path().join("full.jsonl"), dir.path().join("full.json"));
-    let run = score(&model, &input, &full, &["--no-store", "--stats-json", p(&full_stats)]);
+    let full = dir.path().join("full.jsonl");
+    let run = score(&model, &input, &full, &["--no-store"]);
     assert!(run.status.success(), "{}", stderr(&run));
-    let full_s = json(&full_stats)["wall_s"].as_f64().unwrap();
 
-    let mut kept_somewhere = false;
-    for (k, fraction) in [0.15, 0.5].into_iter().enumerate() {
+    // Killed after a few device batches, and after about half of them (1,920 rows in batches of
+    // at most 16: at least 120 batches).
+    for (k, batches) in [3, 60].into_iter().enumerate() {
         let store = dir.path().join(format!("store-{k}.redb"));
         let (out, stats) = (dir.path().join(format!("out-{k}.jsonl")), dir.path().join(format!("s-{k}.json")));
-        let mut child = spawn(&score_args(&out, &store, &stats, &model, &input));
-        std::thread::sleep(Duration::from_secs_f64(full_s * fraction));
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        let running = Running::start(&score_args(&out, &store, &stats, &model, &input));
+        let committed = running.wait_for_batches(batches, WAIT);
+        running.signal("-KILL");
+        let (code, _) = running.finish(WAIT);
+        assert_eq!(code, None, "killed by a signal");
+        assert!(committed > 0, "batches were committed before the kill");
         assert!(!out.exists(), "a killed run leaves no output that looks finished");
 
         let rerun = skyscore(&score_args(&out, &store, &stats, &model, &input));
@@ -109,9 +178,8 @@ fn score_resumes_after_kill_9_with_identical_output() {
         let s = json(&stats);
         let (model_rows, from_store) = (s["model_rows"].as_u64().unwrap(), s["store_hits"].as_u64().unwrap());
         assert_eq!(model_rows + from_store, BIG_ROWS, "{s}");
-        // How far a run gets before the kill depends on the machine's load; at least one of
-        // the later kill points must have committed batches.
-        kept_somewhere |= from_store > 0;
+        assert!(from_store >= committed, "every score committed before the kill is reused: {s}");
+        assert!(model_rows < BIG_ROWS, "the rerun did not score everything again: {s}");
         assert!(
             temporary_files(dir.path()).is_empty(),
             "stale temporary files are cleaned: {:?}",
@@ -123,7 +191,6 @@ fn score_resumes_after_kill_9_with_identical_output() {
         assert_eq!(json(&stats)["model_rows"], 0);
         assert_same_scores(&jsonl_id_scores(&out), &jsonl_id_scores(&full));
     }
-    assert!(kept_somewhere, "the killed runs' scores were kept and reused");
 }
 
 #[test]
@@ -139,17 +206,15 @@ fn sql_copy_resumes_after_kill_9() {
     };
     let store = dir.path().join("store.redb");
     let (full, out) = (dir.path().join("full.parquet"), dir.path().join("out.parquet"));
-    let started = Instant::now();
     let run = skyscore(&["sql", "--model", &model, "-t", &table, "--no-store", &copy(&full)]);
     assert!(run.status.success(), "{}", stderr(&run));
-    let full_s = started.elapsed().as_secs_f64();
 
     let sql = copy(&out);
     let args = ["sql", "--model", &model, "-t", &table, "--store", p(&store), "--no-progress", &sql];
-    let mut child = spawn(&args);
-    std::thread::sleep(Duration::from_secs_f64(full_s * 0.5));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let running = Running::start(&args);
+    let committed = running.wait_for_batches(10, WAIT);
+    running.signal("-KILL");
+    running.finish(WAIT);
     assert!(!out.exists(), "no half-written target");
     let stats = dir.path().join("s.json");
     let mut rerun_args = args.to_vec();
@@ -158,7 +223,10 @@ fn sql_copy_resumes_after_kill_9() {
     assert!(rerun.status.success(), "{}", stderr(&rerun));
     assert_same_scores(&read_id_scores(&out), &read_id_scores(&full));
     let s = json(&stats);
-    assert_eq!(s["model_rows"].as_u64().unwrap() + s["store_hits"].as_u64().unwrap(), BIG_ROWS, "{s}");
+    let (model_rows, from_store) = (s["model_rows"].as_u64().unwrap(), s["store_hits"].as_u64().unwrap());
+    assert_eq!(model_rows + from_store, BIG_ROWS, "{s}");
+    assert!(from_store >= committed && committed > 0, "the killed COPY's scores are reused: {s}");
+    assert!(model_rows < BIG_ROWS, "{s}");
     assert!(temporary_files(dir.path()).is_empty());
 }
 
@@ -195,48 +263,21 @@ fn jsonl_id_scores(path: &Path) -> Vec<(i64, f32)> {
         .collect()
 }
 
-/// Sends `signal` to a running child (through kill(1): no libc in the tests).
-fn signal(child: &Child, signal: &str) {
-    let ok = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap().success();
-    assert!(ok);
-}
-
-fn wait_with_output(child: Child, limit: Duration) -> Output {
-    let started = Instant::now();
-    let output = child.wait_with_output().unwrap();
-    assert!(started.elapsed() < limit, "stopped in time");
-    output
-}
-
 #[test]
 fn ctrl_c_and_sigterm_stop_cleanly_and_say_how_to_resume() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_llama();
     let input = big_input(dir.path());
-    let started = Instant::now();
-    let full = skyscore(&[
-        "score",
-        "--model",
-        &model,
-        "--input",
-        p(&input),
-        "--output",
-        p(&dir.path().join("f.jsonl")),
-        "--no-store",
-    ]);
-    assert!(full.status.success(), "{}", stderr(&full));
-    let full_s = started.elapsed().as_secs_f64();
     for (sig, code) in [("-INT", 130), ("-TERM", 143)] {
         let store = dir.path().join(format!("store{sig}.redb"));
         let (out, stats) = (dir.path().join(format!("out{sig}.jsonl")), dir.path().join("s.json"));
         // An earlier result at the target stays as it was until a complete one replaces it.
         std::fs::write(&out, "earlier result\n").unwrap();
-        let child = spawn(&score_args(&out, &store, &stats, &model, &input));
-        std::thread::sleep(Duration::from_secs_f64(full_s * 0.5));
-        signal(&child, sig);
-        let output = wait_with_output(child, Duration::from_secs(30));
-        let err = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(code), "{err}");
+        let running = Running::start(&score_args(&out, &store, &stats, &model, &input));
+        running.wait_for_batches(3, WAIT);
+        running.signal(sig);
+        let (status, err) = running.finish(Duration::from_secs(60));
+        assert_eq!(status, Some(code), "{err}");
         assert!(err.contains("run the same command again to resume"), "{err}");
         assert!(err.contains("were scored and saved in the score store"), "{err}");
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "earlier result\n");
@@ -245,26 +286,56 @@ fn ctrl_c_and_sigterm_stop_cleanly_and_say_how_to_resume() {
         assert!(rerun.status.success(), "{}", stderr(&rerun));
         assert!(json(&stats)["store_hits"].as_u64().unwrap() > 0, "what ran before the signal was kept");
     }
+    // Without a store, the message does not promise a resume.
+    let out = dir.path().join("no-store.jsonl");
+    let running =
+        Running::start(&["score", "--model", &model, "--input", p(&input), "--output", p(&out), "--no-store"]);
+    running.wait_for_batches(3, WAIT);
+    running.signal("-INT");
+    let (status, err) = running.finish(Duration::from_secs(60));
+    assert_eq!(status, Some(130), "{err}");
+    assert!(err.contains("No score store was used"), "{err}");
+    assert!(!err.contains("resume"), "{err}");
 }
 
+/// Two processes score into one store at the same time: neither waits for the other or runs
+/// without the store (each would say so), and afterwards the store answers every row of both.
 #[test]
 fn two_processes_share_one_store() {
     let dir = tempfile::tempdir().unwrap();
     let model = tiny_llama();
-    let input = sample();
+    let big = big_input(dir.path());
+    let lines: Vec<String> = std::fs::read_to_string(&big).unwrap().lines().map(str::to_string).collect();
+    // Overlapping halves: rows [0, 1200) and [720, 1920).
+    let (first_rows, second_rows) = (dir.path().join("first.jsonl"), dir.path().join("second.jsonl"));
+    std::fs::write(&first_rows, lines[..1200].join("\n")).unwrap();
+    std::fs::write(&second_rows, lines[720..].join("\n")).unwrap();
     let store = dir.path().join("shared.redb");
     let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
     let (sa, sb) = (dir.path().join("a.json"), dir.path().join("b.json"));
-    let first = spawn(&score_args(&a, &store, &sa, &model, &input));
-    let second = spawn(&score_args(&b, &store, &sb, &model, &input));
-    for child in [first, second] {
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let first = Running::start(&score_args(&a, &store, &sa, &model, &first_rows));
+    // The second starts once the first holds the store and has committed scores.
+    first.wait_for_batches(2, WAIT);
+    let second = Running::start(&score_args(&b, &store, &sb, &model, &second_rows));
+    for (name, run) in [("first", first), ("second", second)] {
+        let (code, err) = run.finish(WAIT);
+        assert_eq!(code, Some(0), "{name}: {err}");
+        assert!(!err.contains("held by another program"), "{name} ran without the store: {err}");
+        assert!(!err.contains("cannot write to the score store"), "{name}: {err}");
     }
-    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let (stats_a, stats_b) = (json(&sa), json(&sb));
+    for s in [&stats_a, &stats_b] {
+        assert_eq!(s["model_rows"].as_u64().unwrap() + s["store_hits"].as_u64().unwrap(), s["rows"].as_u64().unwrap());
+    }
+    // Both wrote: a third run over every row finds all of them in the store.
+    let (out, stats) = (dir.path().join("all.jsonl"), dir.path().join("all.json"));
+    let all = skyscore(&score_args(&out, &store, &stats, &model, &big));
+    assert!(all.status.success(), "{}", stderr(&all));
+    let s = json(&stats);
+    assert_eq!((s["model_rows"].as_u64(), s["store_hits"].as_u64()), (Some(0), Some(BIG_ROWS)), "{s}");
     let info = skyscore(&["store", "info", "--store", p(&store)]);
     let text = String::from_utf8_lossy(&info.stdout);
-    assert!(text.contains(": 320 scores"), "{text}");
+    assert!(text.contains(&format!(": {BIG_ROWS} scores")), "{text}");
 }
 
 #[test]

@@ -10,9 +10,9 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{Float32Type, Int64Type};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::prelude::SessionContext;
-use skyscore::session::{new_session, register_table};
-use skyscore::{Engine, EngineOptions};
+use skyscore::sql::session::{new_session, register_table};
 use skyscore_core::ScoreRequest;
+use skyscore_engine::{Engine, EngineOptions};
 use skyscore_udf::ScoringService;
 
 fn engine() -> Arc<Engine> {

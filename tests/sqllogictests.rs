@@ -10,8 +10,8 @@ use common::*;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::util::display::array_value_to_string;
 use datafusion::prelude::SessionContext;
-use skyscore::session::{new_session, register_table};
-use skyscore::{Engine, EngineOptions};
+use skyscore::sql::session::{new_session, register_table};
+use skyscore_engine::{Engine, EngineOptions};
 use skyscore_udf::ScoringService;
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
 

@@ -1,6 +1,7 @@
 //! The scoring contract: conversations in, one result per conversation out.
 
 use crate::conversation::Conversation;
+use crate::facts::ModelFacts;
 use crate::stats::ScoreStats;
 
 /// The score of one conversation and what the model saw of it.
@@ -26,13 +27,6 @@ pub struct Scored {
     pub stats: ScoreStats,
 }
 
-impl Scored {
-    /// The first row that could not be scored, with its reason.
-    pub fn first_error(&self) -> Option<(usize, &str)> {
-        self.rows.iter().enumerate().find_map(|(i, r)| r.as_ref().err().map(|e| (i, e.as_str())))
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ScorerError {
     /// One conversation cannot be scored; `row` counts from 0 in the caller's terms.
@@ -50,26 +44,8 @@ pub trait Scorer: Send + Sync {
     /// be scored is an `Err` in its own slot of [`Scored::rows`].
     fn score(&self, conversations: &[Conversation<'_>]) -> Result<Scored, ScorerError>;
 
-    /// Names everything a score depends on besides the conversation (model, revision, template,
-    /// max_length, truncation side, dtype): two scorers with the same fingerprint give the same
-    /// scores.
-    fn fingerprint(&self) -> String;
-
-    /// Key-value facts worth recording next to scores (written into Parquet metadata).
-    fn metadata(&self) -> Vec<(String, String)> {
-        vec![("skyscore.fingerprint".into(), self.fingerprint())]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn first_error_names_the_row() {
-        let ok = RowScore { score: 1.0, tokens: 3, truncated: false };
-        let scored = Scored { rows: vec![Ok(ok), Err("bad".into()), Err("worse".into())], ..Default::default() };
-        assert_eq!(scored.first_error(), Some((1, "bad")));
-        assert_eq!(Scored { rows: vec![Ok(ok)], ..Default::default() }.first_error(), None);
-    }
+    /// Everything a score depends on besides the conversation (model, revision, template,
+    /// max_length, truncation side, dtype): two scorers with equal facts give the same scores.
+    /// Written next to the scores (Parquet metadata) and checked by cluster executors.
+    fn facts(&self) -> ModelFacts;
 }

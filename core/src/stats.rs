@@ -37,17 +37,6 @@ impl std::ops::AddAssign for ScoreStats {
     }
 }
 
-impl ScoreStats {
-    /// Tokens per second of model time (0 when nothing ran).
-    pub fn model_tokens_per_s(&self) -> f64 {
-        if self.model_s > 0.0 {
-            self.tokens as f64 / self.model_s
-        } else {
-            0.0
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,7 +66,5 @@ mod tests {
             model_s: 1.0,
         };
         assert_eq!(b, doubled);
-        assert_eq!(b.model_tokens_per_s(), 4.0);
-        assert_eq!(ScoreStats::default().model_tokens_per_s(), 0.0);
     }
 }

@@ -8,9 +8,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use super::engine_args::EngineArgs;
-use super::summary::check_report_paths;
 use crate::cluster::executor::ExecutorOptions;
 use crate::cluster::scheduler::SchedulerOptions;
+use crate::run::check_report_paths;
 
 #[derive(Debug, Args)]
 #[command(after_help = "A cluster on three machines (paths of tables must be the same on all of them):

@@ -7,10 +7,12 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use crate::config::ScorerConfig;
-use crate::device::DeviceList;
-use crate::encode::TruncationSide;
-use crate::engine::EngineOptions;
-use crate::models::Dtype;
+use skyscore_engine::device::DeviceList;
+use skyscore_engine::encode::TruncationSide;
+use skyscore_engine::EngineOptions;
+
+use crate::run::ResolvedEngine;
+use skyscore_engine::models::Dtype;
 
 #[derive(Debug, Clone, Args)]
 pub struct EngineArgs {
@@ -26,7 +28,7 @@ pub struct EngineArgs {
     pub max_length: Option<usize>,
     /// Which end of an over-long row to keep: right keeps the first tokens (as transformers
     /// does), left keeps the last. [default: right]
-    #[arg(long, value_enum)]
+    #[arg(long, value_name = "right|left")]
     pub truncation_side: Option<TruncationSide>,
     /// Most rows per forward pass on CPU. On GPU, batches are sized by --max-batch-tokens
     /// alone. [default: 16]
@@ -66,20 +68,13 @@ pub struct EngineArgs {
     pub max_memory: Option<f64>,
 }
 
-/// The model to load and how to run it.
-#[derive(Debug, Clone)]
-pub struct ResolvedEngine {
-    pub model: String,
-    pub options: EngineOptions,
-}
-
 impl EngineArgs {
     /// The store file this run uses, if any.
     pub fn store_path(&self) -> Option<PathBuf> {
         if self.no_store {
             return None;
         }
-        self.store.clone().or_else(crate::store::default_path)
+        self.store.clone().or_else(skyscore_engine::store::default_path)
     }
 
     pub fn resolve(&self) -> Result<ResolvedEngine> {
@@ -107,6 +102,7 @@ impl EngineArgs {
                 dtype,
                 store: self.store_path(),
                 max_memory: self.max_memory.map(|gb| (gb * 1e9) as u64).or_else(default_max_memory),
+                stop: Some(crate::interrupt::stop_flag()),
                 ..Default::default()
             },
         })

@@ -1,14 +1,13 @@
 //! The `skyscore` command line.
 
 pub mod cluster;
-mod distribution;
+pub(crate) mod distribution;
 pub mod engine_args;
 mod progress;
 pub mod score;
 pub mod sql;
 pub mod stats;
 pub mod store;
-pub mod summary;
 
 use std::process::ExitCode;
 
@@ -72,6 +71,12 @@ pub fn main() -> ExitCode {
     if !matches!(cli.command, Command::Cluster(_)) {
         crate::interrupt::install();
     }
+    // Said when a signal stops the run: what a rerun will find.
+    let store = match &cli.command {
+        Command::Score(args) => args.engine.store_path(),
+        Command::Sql(args) if args.cluster.is_none() => args.engine.store_path(),
+        _ => None,
+    };
     let result = match cli.command {
         Command::Score(args) => score::run(args),
         Command::Sql(args) => sql::run(args),
@@ -83,9 +88,16 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if let Some(signal) = crate::interrupt::requested() {
-                eprintln!(
-                    "stopped: {e:#}. Every score computed so far is in the score store: run the same command again to resume."
-                );
+                let name = crate::interrupt::signal_name(signal);
+                match store {
+                    Some(path) => eprintln!(
+                        "stopped by {name}. Every score computed so far is in the score store {}: run the same command again to resume.",
+                        path.display()
+                    ),
+                    None => eprintln!(
+                        "stopped by {name}. No score store was used (--no-store): a rerun scores every row again."
+                    ),
+                }
                 return ExitCode::from(crate::interrupt::exit_code(signal));
             }
             eprintln!("error: {e:#}");

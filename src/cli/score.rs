@@ -16,10 +16,10 @@ use skyscore_core::{Conversation, RowScore, ScoreDistribution, ScoreRequest, Sco
 use super::distribution::{render, DETAILED_BINS, TERMINAL_BINS};
 use super::engine_args::EngineArgs;
 use super::progress::Progress;
-use super::summary::{check_report_paths, RunSummary};
-use crate::engine::{ConversationChunk, Engine};
 use crate::io::{open_input, ColumnNames, OutputWriter, SftColumns};
 use crate::plot::write_histogram;
+use crate::run::{check_report_paths, RunSummary};
+use skyscore_engine::{ConversationChunk, Engine};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:

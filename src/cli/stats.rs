@@ -12,9 +12,9 @@ use serde::Serialize;
 use skyscore_core::{DistributionSummary, ScoreDistribution};
 
 use super::distribution::{render, DETAILED_BINS, TERMINAL_BINS};
-use super::summary::check_report_paths;
 use crate::io::open_input;
 use crate::plot::write_histogram;
+use crate::run::check_report_paths;
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -93,7 +93,7 @@ pub fn run(args: StatsArgs) -> Result<()> {
     if !field.data_type().is_numeric() {
         bail!("{file}: column `{}` has type {}; scores are numbers", args.column, field.data_type());
     }
-    let model = input.schema.metadata().get("skyscore.model").cloned();
+    let model = input.schema.metadata().get(skyscore_core::facts::keys::MODEL).cloned();
 
     let mut distribution = ScoreDistribution::new();
     let (mut rows, mut nulls, mut above) = (0, 0, 0);

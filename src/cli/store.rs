@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
-use crate::store::{ScoreStore, DEFAULT_WAIT};
+use skyscore_engine::store::{ScoreStore, DEFAULT_WAIT};
 
 #[derive(Debug, Args)]
 pub struct StoreArgs {
@@ -29,7 +29,7 @@ pub enum StoreCommand {
 }
 
 pub fn run(args: StoreArgs) -> Result<()> {
-    let Some(path) = args.store.clone().or_else(crate::store::default_path) else {
+    let Some(path) = args.store.clone().or_else(skyscore_engine::store::default_path) else {
         bail!("no store given and no cache folder known: use --store FILE");
     };
     if !path.exists() {

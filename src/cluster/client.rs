@@ -7,11 +7,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use ballista::prelude::SessionContextExt;
 use datafusion::prelude::SessionContext;
+use skyscore_core::ModelFacts;
 use skyscore_udf::{expectation_json, ScoringService};
 
 use super::{session_config, session_state};
-use crate::cli::engine_args::ResolvedEngine;
-use crate::engine::describe_model;
+use crate::run::ResolvedEngine;
+use skyscore_engine::engine::describe_model;
 
 /// The service behind the client's UDFs: planning only (the executors score).
 pub fn planning_service() -> Arc<ScoringService> {
@@ -27,19 +28,14 @@ pub fn planning_service() -> Arc<ScoringService> {
 /// truncation side and dtype.
 pub fn expected_model(engine: &ResolvedEngine) -> Vec<(String, String)> {
     match describe_model(&engine.model, &engine.options) {
-        Ok(facts) => facts,
+        Ok(facts) => facts.portable_pairs(),
         Err(e) => {
             tracing::warn!(
                 "cannot read `{}` here ({e:#}): the executors are checked for its name, max_length, truncation side and dtype only",
                 engine.model
             );
             let o = &engine.options;
-            vec![
-                ("skyscore.model".into(), engine.model.clone()),
-                ("skyscore.max_length".into(), o.max_length.to_string()),
-                ("skyscore.truncation_side".into(), o.truncation_side.as_str().into()),
-                ("skyscore.dtype".into(), o.dtype.to_string()),
-            ]
+            ModelFacts::name_only_pairs(&engine.model, o.max_length, o.truncation_side.as_str(), &o.dtype.to_string())
         }
     }
 }
@@ -62,7 +58,7 @@ pub async fn connect(
             "no scheduler answers at {host}:{port} (start one with `skyscore cluster scheduler --bind {host}:{port}`)"
         );
     }
-    let mut config = session_config().set_str("skyscore.expected_model", &expectation_json(expected));
+    let mut config = session_config().set_str(skyscore_udf::options::EXPECTED_MODEL_KEY, &expectation_json(expected));
     if let Some(n) = partitions {
         config = config.with_target_partitions(n.max(1));
     }

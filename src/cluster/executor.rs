@@ -10,12 +10,10 @@ use std::time::Instant;
 use anyhow::Result;
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
-use skyscore_udf::{Scorer, ScoringService};
 
 use super::{session_config, session_state};
-use crate::cli::engine_args::ResolvedEngine;
-use crate::cli::summary::RunSummary;
-use crate::engine::Engine;
+use crate::run::ResolvedEngine;
+use crate::run::RunSummary;
 
 pub struct ExecutorOptions {
     pub scheduler: (String, u16),
@@ -36,15 +34,7 @@ pub struct ExecutorOptions {
 /// Serves until the process is stopped (Ctrl-C, SIGTERM) or the scheduler stops it.
 pub async fn run(options: ExecutorOptions) -> Result<()> {
     let started = Instant::now();
-    let (model, engine_options) = (options.engine.model.clone(), options.engine.options.clone());
-    let service = ScoringService::lazy(
-        Box::new(move || {
-            tracing::info!(model = %model, "first scoring task: loading the model");
-            let engine = Engine::load(&model, &engine_options).map_err(|e| format!("{e:#}"))?;
-            Ok(Arc::new(engine) as Arc<dyn Scorer>)
-        }),
-        options.cache_entries,
-    );
+    let service = options.engine.lazy_service(options.cache_entries);
     let engine = options.engine.clone();
     let stats_json = options.stats_json.clone();
     service.set_observer(Box::new(move |service| {

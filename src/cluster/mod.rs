@@ -22,7 +22,7 @@ use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::prelude::SessionConfig;
 use skyscore_udf::{model_aware_rules, ScoringService, SkyscoreOptions};
 
-use crate::session::WRITE_ROW_GROUP_ROWS;
+use crate::sql::session::WRITE_ROW_GROUP_ROWS;
 
 /// Settings of every skyscore session on a cluster (client, scheduler, executors).
 pub fn session_config() -> SessionConfig {

@@ -13,7 +13,7 @@ use datafusion::arrow::json::ReaderBuilder;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::tables::{json_is_array, TableFormat};
+use crate::io::format::{json_is_array, TableFormat};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InputFormat {

@@ -1,7 +1,9 @@
-//! Tables in and out of `skyscore score`: JSONL, JSON arrays and Parquet, all as Arrow record
-//! batches so every format takes the same path.
+//! Tables in and out of the app: formats by file name ([`format`]), `skyscore score`'s inputs
+//! (JSONL, JSON arrays and Parquet, all as Arrow record batches so every format takes the same
+//! path) and outputs, temporary files and Parquet metadata.
 
 pub mod columns;
+pub mod format;
 pub mod input;
 pub mod jsonl;
 pub mod output;

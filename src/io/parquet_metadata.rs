@@ -11,7 +11,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::file::properties::WriterProperties;
 
-use crate::session::WRITE_ROW_GROUP_ROWS;
+use crate::sql::session::WRITE_ROW_GROUP_ROWS;
 
 /// Copies the Parquet file `src` to `dst` batch by batch (memory stays at one row group), with
 /// `metadata` added to its key-value metadata; compression as `src` had it. Returns the rows.

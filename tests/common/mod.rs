@@ -1,77 +1,60 @@
-//! Helpers shared by the integration tests: paths of the shipped fixtures and readers for
-//! the expected scores that tests/reference/make_fixtures.py computed with transformers.
+//! Helpers shared by the app's integration tests: the shipped fixtures (the engine's helpers,
+//! included from there) and runs of the skyscore binary that never touch the user's files.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+#[path = "../../engine/tests/common/mod.rs"]
+mod fixtures;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
-use serde::Deserialize;
-use skyscore::Engine;
-use skyscore_core::{ScoreRequest, Scorer};
+pub use fixtures::*;
 
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+/// A `skyscore` command that cannot reach the user's files or the network by accident: a
+/// score store, an HF cache and a cache folder of its own, in a temporary folder removed when
+/// this is dropped, and `HF_HUB_OFFLINE=1`. Tests of the store pass `--store`; tests of the hub
+/// set `HF_HOME` and `HF_HUB_OFFLINE` themselves. Derefs to the `Command`.
+pub struct Isolated {
+    command: Command,
+    dir: tempfile::TempDir,
 }
 
-pub fn model_dir(name: &str) -> PathBuf {
-    repo().join("sample_data/models").join(name)
+impl Isolated {
+    /// The temporary folder this command's caches live in.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
 }
 
-pub fn fixture(rel: &str) -> PathBuf {
-    repo().join("tests/fixtures").join(rel)
+impl std::ops::Deref for Isolated {
+    type Target = Command;
+    fn deref(&self) -> &Command {
+        &self.command
+    }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct Row {
-    pub id: serde_json::Value,
-    pub instruction: String,
-    pub input: Option<String>,
-    pub output: String,
+impl std::ops::DerefMut for Isolated {
+    fn deref_mut(&mut self) -> &mut Command {
+        &mut self.command
+    }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct Expected {
-    pub id: serde_json::Value,
-    pub score: f64,
-    pub num_tokens: usize,
-    pub truncated: bool,
-    pub input_ids: Vec<u32>,
-    pub text: String,
+pub fn command() -> Isolated {
+    let dir = tempfile::Builder::new().prefix("skyscore-test-").tempdir().expect("a temporary folder");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_skyscore"));
+    command
+        .env("SKYSCORE_STORE", dir.path().join("scores.redb"))
+        .env("HF_HOME", dir.path().join("hf"))
+        .env_remove("HF_HUB_CACHE")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("XDG_CACHE_HOME", dir.path().join("cache"));
+    Isolated { command, dir }
 }
 
-pub fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path) -> Vec<T> {
-    std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-pub fn parity_rows() -> Vec<Row> {
-    read_jsonl(&fixture("parity_rows.jsonl"))
-}
-
-pub fn expected(model: &str, case: &str) -> Vec<Expected> {
-    read_jsonl(&fixture(&format!("expected/{model}.{case}.jsonl")))
-}
-
-pub const MODELS: [&str; 2] = ["tiny-llama", "tiny-qwen3"];
-
-/// Runs the skyscore binary (never offline by accident) with a score store of its own, so no
-/// run answers from another's scores (tests of the store pass `--store`).
+/// Runs skyscore through [`command`]: a store of its own, so no run answers from another's
+/// scores.
 pub fn skyscore(args: &[&str]) -> Output {
-    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let store = std::env::temp_dir().join(format!("skyscore-test-store-{}-{n}.redb", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_skyscore"))
-        .args(args)
-        .env_remove("HF_HUB_OFFLINE")
-        .env("SKYSCORE_STORE", &store)
-        .output()
-        .expect("run skyscore");
-    let _ = std::fs::remove_file(&store);
-    out
+    command().args(args).output().expect("run skyscore")
 }
 
 /// `skyscore score --model MODEL --input INPUT --output OUTPUT EXTRA...`
@@ -104,12 +87,4 @@ pub fn p(path: &Path) -> &str {
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Scores SFT rows through the engine's `Scorer` path (the one the SQL service uses); every row
-/// must score.
-pub fn scores(engine: &Engine, rows: &[ScoreRequest<'_>]) -> Vec<f32> {
-    let conversations: Vec<_> = rows.iter().map(|r| r.conversation()).collect();
-    let scored = Scorer::score(engine, &conversations).unwrap();
-    scored.rows.into_iter().enumerate().map(|(i, r)| r.unwrap_or_else(|e| panic!("row {i}: {e}")).score).collect()
 }

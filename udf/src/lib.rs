@@ -3,6 +3,10 @@
 //! cache in front of it, and the plan rule that keeps the model above filters. This crate
 //! knows the [`Scorer`] trait (from `skyscore-core`), not the model behind it.
 //!
+//! It must not depend on candle, tokenizers, redb or Ballista (the engine and the app bring
+//! those), so the Python package can register these UDFs with no cluster code; it holds no
+//! `unsafe` code.
+//!
 //! ```no_run
 //! # use std::sync::Arc;
 //! # fn demo(scorer: Arc<dyn skyscore_udf::Scorer>) {
@@ -12,6 +16,8 @@
 //! # let _ = service;
 //! # }
 //! ```
+
+#![forbid(unsafe_code)]
 
 pub mod args;
 pub mod cache;

@@ -20,6 +20,8 @@ pub struct SkyscoreOptions {
 }
 
 const EXPECTED_MODEL: &str = "expected_model";
+/// The full session key of the expected model (`skyscore.expected_model`).
+pub const EXPECTED_MODEL_KEY: &str = "skyscore.expected_model";
 
 impl ConfigExtension for SkyscoreOptions {
     const PREFIX: &'static str = "skyscore";

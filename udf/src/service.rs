@@ -109,7 +109,7 @@ impl ScoringService {
             return outcome.clone().map_err(ScorerError::Engine);
         }
         let scorer = self.scorer().map_err(ScorerError::Engine)?;
-        let outcome = crate::options::check_expectation(expected, &scorer.metadata())
+        let outcome = crate::options::check_expectation(expected, &scorer.facts().pairs())
             .map_err(|differences| format!("this scorer's model is not the one the query expects: {differences}"));
         self.checked.lock().expect("check lock").insert(expected.to_string(), outcome.clone());
         outcome.map_err(ScorerError::Engine)

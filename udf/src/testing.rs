@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use skyscore_core::{Conversation, RowScore, ScoreStats, Scored, Scorer, ScorerError};
+use skyscore_core::{Conversation, ModelFacts, RowScore, ScoreStats, Scored, Scorer, ScorerError};
 
 pub struct FakeScorer {
     rows: AtomicUsize,
@@ -56,7 +56,7 @@ impl Scorer for FakeScorer {
         Ok(Scored { rows, stats: ScoreStats { model_rows, batches: 1, ..Default::default() } })
     }
 
-    fn fingerprint(&self) -> String {
-        "fake".into()
+    fn facts(&self) -> ModelFacts {
+        ModelFacts { model: "fake".into(), ..Default::default() }
     }
 }

@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use redb::{
     ConcurrencyMode, Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
+use skyscore_core::facts::described_model;
 use skyscore_core::{ConversationKey, RowScore};
 
 /// `model id (16 bytes) ++ conversation key (16 bytes)`, big-endian: one model's entries are
@@ -211,12 +212,10 @@ impl ScoreStore {
     }
 }
 
-/// Whether a model description (`skyscore.model=ID;...`) is the model `filter` names: its id
-/// exactly, or with a revision (`ID@rev`).
+/// Whether a model description (see `ModelFacts::store_description`) is the model `filter`
+/// names: its id exactly, or with a revision (`ID@rev`).
 pub fn description_matches(description: &str, filter: &str) -> bool {
-    description.split(';').any(|part| {
-        part.strip_prefix("skyscore.model=").is_some_and(|id| id == filter || id.split('@').next() == Some(filter))
-    })
+    described_model(description).is_some_and(|id| id == filter || id.split('@').next() == Some(filter))
 }
 
 #[cfg(test)]

@@ -535,8 +535,7 @@ mod tests {
     /// accumulation, over odd sizes and every tail (rows % 8, columns % 16, odd k).
     #[test]
     fn products_match_a_reference_on_every_tail() {
-        if !supported() {
-            eprintln!("this CPU has no AVX512-BF16: the kernel is not used here");
+        if !super::super::bf16_kernel_or_skip("products_match_a_reference_on_every_tail") {
             return;
         }
         for (m, k, n) in
@@ -568,8 +567,7 @@ mod tests {
     /// bf16-rounded inputs, over every tail (rows % MR, columns % 16 and % 32, odd k).
     #[test]
     fn gated_product_matches_silu_of_gate_times_up() {
-        if !supported() {
-            eprintln!("this CPU has no AVX512-BF16: the kernel is not used here");
+        if !super::super::bf16_kernel_or_skip("gated_product_matches_silu_of_gate_times_up") {
             return;
         }
         for (m, k, n) in
@@ -604,7 +602,7 @@ mod tests {
     /// The 16-lane exp against the scalar one it mirrors, over the whole range and beyond.
     #[test]
     fn vector_exp_matches_the_scalar_one() {
-        if !supported() {
+        if !super::super::bf16_kernel_or_skip("vector_exp_matches_the_scalar_one") {
             return;
         }
         let xs: Vec<f32> = (0..16 * 2000).map(|i| -100.0 + i as f32 * (190.0 / 32_000.0)).collect();
@@ -628,7 +626,7 @@ mod tests {
     /// tails included.
     #[test]
     fn checkpoint_rows_round_like_half() {
-        if !supported() {
+        if !super::super::bf16_kernel_or_skip("checkpoint_rows_round_like_half") {
             return;
         }
         let mut xs: Vec<f32> = values(37, 4).iter().map(|v| v * 1e3).collect();
@@ -644,7 +642,7 @@ mod tests {
 
     #[test]
     fn leading_dimensions_are_kept() {
-        if !supported() {
+        if !super::super::bf16_kernel_or_skip("leading_dimensions_are_kept") {
             return;
         }
         let wb: Vec<bf16> = values(6 * 4, 5).iter().map(|&v| bf16::from_f32(v)).collect();

@@ -2,8 +2,8 @@
 //! `Bf16Linear`/`GatedBf16` against candle's f32 matmul (the `gemm` crate) on the same shapes,
 //! and the instruction's peak on this machine (a loop of independent `vdpbf16ps`).
 //!
-//!     cargo bench --bench bf16_kernel            # M=2048 rows (a batch of 16 × 128 tokens)
-//!     BENCH_M=6000 cargo bench --bench bf16_kernel
+//!     cargo bench -p skyscore-engine --bench bf16_kernel            # M=2048 rows (a batch of 16 × 128 tokens)
+//!     BENCH_M=6000 cargo bench -p skyscore-engine --bench bf16_kernel
 //!
 //! Uses all of rayon's threads (RAYON_NUM_THREADS to change). Needs an x86-64 CPU with
 //! AVX512-BF16; elsewhere it says so and exits.
@@ -12,7 +12,7 @@
 fn main() {
     use candle_core::{Device, Tensor};
     use half::bf16;
-    use skyscore::models::bf16_linear::{supported, Bf16Linear, GatedBf16};
+    use skyscore_engine::models::cpu::bf16_linear::{supported, Bf16Linear, GatedBf16};
     use std::time::Instant;
 
     if !supported() {

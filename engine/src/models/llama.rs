@@ -5,9 +5,8 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{linear_no_bias, Linear, VarBuilder};
 use serde::Deserialize;
 
-use super::fast_ops::split_heads;
 use super::layers::{
-    attention, run_decoder, score_rows, AttentionProducts, GatedMlp, LinearKind, Proj, QueryRows, RmsNorm,
+    attention, run_decoder, score_rows, split_heads, AttentionProducts, GatedMlp, LinearKind, Proj, QueryRows, RmsNorm,
     RopeParameters, RotaryEmbedding, TokenEmbedding,
 };
 use super::ModelBatch;

@@ -1,10 +1,8 @@
 //! The reward models. One file per architecture, each with its config struct and a plain
-//! forward; `layers` holds the blocks they share, `bf16_linear` the AVX512-BF16 projections of
-//! `--dtype bf16` on CPU, `fast_ops` fused CPU f32 elementwise steps.
+//! forward; `layers` holds the blocks they share; `cpu` the CPU kernels (the AVX512-BF16
+//! projections of `--dtype bf16`, fused f32 elementwise passes) and every architecture `cfg`.
 
-#[cfg(target_arch = "x86_64")]
-pub mod bf16_linear;
-pub mod fast_ops;
+pub mod cpu;
 pub mod layers;
 pub mod llama;
 pub mod qwen3;
@@ -146,10 +144,7 @@ impl ArchConfig {
 /// Whether this CPU has the bf16 kernel (AVX512-BF16): `--dtype bf16` on CPU then runs the
 /// linear layers in bf16 and the rest in f32, instead of candle's all-bf16 path.
 pub fn cpu_bf16_kernel() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return bf16_linear::supported();
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    cpu::bf16_kernel_available()
 }
 
 impl RewardModel {

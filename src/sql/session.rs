@@ -10,7 +10,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionConfig, SessionContext};
 use skyscore_udf::ScoringService;
 
-use crate::tables::{json_is_array, TableFormat};
+use crate::io::format::{json_is_array, TableFormat};
 
 /// Rows per Parquet row group written by skyscore sessions.
 pub const WRITE_ROW_GROUP_ROWS: usize = 65_536;

@@ -39,17 +39,6 @@ impl fmt::Display for DeviceSpec {
 }
 
 impl DeviceSpec {
-    /// Parses a device list: `cpu`, `cuda`, `cuda:1`, or several joined by commas
-    /// (`cuda:0,cuda:1`), one model replica per entry.
-    pub fn parse_list(s: &str) -> Result<Vec<DeviceSpec>, String> {
-        s.parse::<DeviceList>().map(|l| l.0)
-    }
-
-    /// `cuda:0,cuda:1` for a list.
-    pub fn list_to_string(devices: &[DeviceSpec]) -> String {
-        DeviceList(devices.to_vec()).to_string()
-    }
-
     /// The device when none is asked for: the first GPU when this build has CUDA and the
     /// driver sees one (an 8B model on CPU is rarely what a GPU build's user wants), else cpu.
     pub fn default_for_build() -> DeviceSpec {
@@ -110,8 +99,9 @@ impl DeviceList {
 }
 
 /// CUDA driver allocation failures and cuBLAS workspace failures: both leave the context
-/// usable, so the batch can be retried in smaller parts.
-pub fn is_out_of_memory(e: &anyhow::Error) -> bool {
+/// usable, so the batch can be retried in smaller parts. candle reports them only as text, so
+/// this is the one place that reads it (the runner turns it into `EngineError::OutOfMemory`).
+pub fn is_out_of_memory(e: &candle_core::Error) -> bool {
     let text = format!("{e:?}");
     text.contains("CUDA_ERROR_OUT_OF_MEMORY") || text.contains("CUBLAS_STATUS_ALLOC_FAILED")
 }
@@ -131,7 +121,9 @@ mod tests {
 
     #[test]
     fn out_of_memory_is_told_apart() {
-        assert!(is_out_of_memory(&anyhow::anyhow!("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")")));
-        assert!(!is_out_of_memory(&anyhow::anyhow!("shape mismatch")));
+        let oom = candle_core::Error::Msg("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into());
+        assert!(is_out_of_memory(&oom));
+        assert!(is_out_of_memory(&candle_core::Error::Msg("CUBLAS_STATUS_ALLOC_FAILED".into()).context("matmul")));
+        assert!(!is_out_of_memory(&candle_core::Error::Msg("shape mismatch".into())));
     }
 }

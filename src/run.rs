@@ -1,18 +1,42 @@
-//! The end-of-run summary: one line on stderr, and the same figures as JSON for
-//! `--stats-json`.
+//! What every job of the app shares: the resolved engine (model and options), the one scorer
+//! loader that `skyscore sql` and cluster executors use, the end-of-run summary (one line on
+//! stderr, the same figures as JSON for `--stats-json`) and the report-path checks.
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 use skyscore_core::{DistributionSummary, ScoreStats};
 
-use skyscore_udf::ScoringService;
+use skyscore_engine::{Engine, EngineOptions};
+use skyscore_udf::{Scorer, ScoringService};
 
-use super::distribution::DETAILED_BINS;
-use super::engine_args::ResolvedEngine;
-use crate::engine::EngineOptions;
+use crate::cli::distribution::DETAILED_BINS;
+
+/// The model to load and how to run it.
+#[derive(Debug, Clone)]
+pub struct ResolvedEngine {
+    pub model: String,
+    pub options: EngineOptions,
+}
+
+impl ResolvedEngine {
+    /// A scoring service that loads this model when a statement first calls a scoring function
+    /// (`skyscore sql`, a cluster executor), with a score cache of `cache_entries` rows.
+    pub fn lazy_service(&self, cache_entries: usize) -> Arc<ScoringService> {
+        let (model, options) = (self.model.clone(), self.options.clone());
+        ScoringService::lazy(
+            Box::new(move || {
+                tracing::info!(model = %model, "first scoring call: loading the model");
+                let engine = Engine::load(&model, &options).map_err(|e| e.to_string())?;
+                Ok(Arc::new(engine) as Arc<dyn Scorer>)
+            }),
+            cache_entries,
+        )
+    }
+}
 
 /// Checks now that the report files written at the end of a run (`--stats-json`, `--plot`) can
 /// be written: a long job must not find out after its work.

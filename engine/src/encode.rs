@@ -21,7 +21,7 @@ pub enum EncodeError {
 }
 
 /// Which end of an over-long row is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TruncationSide {
     /// Keep the first `max_length` tokens (transformers' default, and the reference tool's).
@@ -29,6 +29,17 @@ pub enum TruncationSide {
     Right,
     /// Keep the last `max_length` tokens (special prefix tokens such as BOS stay).
     Left,
+}
+
+impl std::str::FromStr for TruncationSide {
+    type Err = String;
+    fn from_str(side: &str) -> Result<Self, String> {
+        match side {
+            "right" => Ok(TruncationSide::Right),
+            "left" => Ok(TruncationSide::Left),
+            _ => Err(format!("unknown truncation side `{side}` (right, left)")),
+        }
+    }
 }
 
 impl TruncationSide {

@@ -2,9 +2,14 @@
 //! and the transformers-exact pooling rule. Everything here works on a right-padded batch
 //! `[batch, seq]`, where a causal mask alone keeps padding out of every real token's view.
 
+use std::sync::Arc;
+
+use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Module, Result, Tensor, D};
 use candle_nn::{linear_b, Linear, VarBuilder};
 use serde::Deserialize;
+
+use super::cpu;
 
 /// How a decoder's projections (attention and MLP) hold their weights.
 #[derive(Clone)]
@@ -13,7 +18,7 @@ pub enum LinearKind {
     Dense,
     /// bf16, packed for the AVX512-BF16 kernel straight from the checkpoint's memory-mapped
     /// files; activations and everything else in f32.
-    PackedBf16(std::sync::Arc<candle_core::safetensors::MmapedSafetensors>),
+    PackedBf16(Arc<MmapedSafetensors>),
 }
 
 impl std::fmt::Debug for LinearKind {
@@ -33,9 +38,8 @@ pub enum TokenEmbedding {
     Table(candle_nn::Embedding),
     /// Rows of `name` in the checkpoint, rounded to bf16 as the bf16 model's own table would be,
     /// handed on in f32.
-    #[cfg(target_arch = "x86_64")]
     MappedBf16 {
-        checkpoint: std::sync::Arc<candle_core::safetensors::MmapedSafetensors>,
+        checkpoint: Arc<MmapedSafetensors>,
         name: String,
         hidden: usize,
     },
@@ -45,7 +49,6 @@ impl std::fmt::Debug for TokenEmbedding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TokenEmbedding::Table(table) => f.debug_tuple("Table").field(table).finish(),
-            #[cfg(target_arch = "x86_64")]
             TokenEmbedding::MappedBf16 { name, hidden, .. } => {
                 f.debug_struct("MappedBf16").field("name", name).field("hidden", hidden).finish()
             }
@@ -56,14 +59,11 @@ impl std::fmt::Debug for TokenEmbedding {
 impl TokenEmbedding {
     pub fn load(vocab: usize, hidden: usize, vb: VarBuilder, kind: &LinearKind) -> Result<Self> {
         match kind {
-            #[cfg(target_arch = "x86_64")]
             LinearKind::PackedBf16(checkpoint) => {
                 let name = format!("{}.weight", vb.prefix());
-                super::bf16_linear::weight_view(checkpoint, &name, hidden, vocab)?;
+                cpu::check_mapped_embedding(checkpoint, &name, hidden, vocab)?;
                 Ok(Self::MappedBf16 { checkpoint: checkpoint.clone(), name, hidden })
             }
-            #[cfg(not(target_arch = "x86_64"))]
-            LinearKind::PackedBf16(_) => candle_core::bail!("the bf16 kernel needs an x86-64 CPU with AVX512-BF16"),
             LinearKind::Dense => Ok(Self::Table(candle_nn::embedding(vocab, hidden, vb)?)),
         }
     }
@@ -73,23 +73,8 @@ impl Module for TokenEmbedding {
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         match self {
             TokenEmbedding::Table(table) => table.forward(ids),
-            #[cfg(target_arch = "x86_64")]
             TokenEmbedding::MappedBf16 { checkpoint, name, hidden } => {
-                let view = checkpoint.get(name)?;
-                let vocab = view.shape()[0];
-                let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
-                let mut bits = vec![0u16; *hidden];
-                let mut out = Vec::with_capacity(flat.len() * hidden);
-                for &id in &flat {
-                    if id as usize >= vocab {
-                        candle_core::bail!("token id {id} is outside the embedding table ({vocab} rows)");
-                    }
-                    super::bf16_linear::read_row(&view, id as usize, &mut bits);
-                    out.extend(bits.iter().map(|&b| half::bf16::from_bits(b).to_f32()));
-                }
-                let mut dims = ids.dims().to_vec();
-                dims.push(*hidden);
-                Tensor::from_vec(out, dims, ids.device())
+                cpu::mapped_embedding(checkpoint, name, *hidden, ids)
             }
         }
     }
@@ -99,21 +84,17 @@ impl Module for TokenEmbedding {
 #[derive(Debug, Clone)]
 pub enum Proj {
     Dense(Linear),
-    #[cfg(target_arch = "x86_64")]
-    PackedBf16(std::sync::Arc<super::bf16_linear::Bf16Linear>),
+    PackedBf16(Arc<cpu::PackedLinear>),
 }
 
 impl Proj {
     pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder, kind: &LinearKind) -> Result<Self> {
         match kind {
             LinearKind::Dense => Ok(Proj::Dense(linear_b(in_dim, out_dim, bias, vb)?)),
-            #[cfg(target_arch = "x86_64")]
             LinearKind::PackedBf16(checkpoint) => {
-                let packed = super::bf16_linear::Bf16Linear::load(in_dim, out_dim, bias, vb, checkpoint)?;
-                Ok(Proj::PackedBf16(std::sync::Arc::new(packed)))
+                let packed = cpu::PackedLinear::load(in_dim, out_dim, bias, vb, checkpoint)?;
+                Ok(Proj::PackedBf16(Arc::new(packed)))
             }
-            #[cfg(not(target_arch = "x86_64"))]
-            LinearKind::PackedBf16(_) => candle_core::bail!("the bf16 kernel needs an x86-64 CPU with AVX512-BF16"),
         }
     }
 }
@@ -122,7 +103,6 @@ impl Module for Proj {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
             Proj::Dense(linear) => linear.forward(xs),
-            #[cfg(target_arch = "x86_64")]
             Proj::PackedBf16(packed) => packed.forward(xs),
         }
     }
@@ -404,40 +384,19 @@ fn attention_block(
     let n_rep = heads / kv_heads;
     // Group the query heads that share one KV head instead of copying K and V n_rep times.
     let q = q.reshape((b, kv_heads, n_rep * rows, d))?;
-    let probs = if q.device().is_cpu() && q.dtype() == DType::F32 {
+    if q.device().is_cpu() && q.dtype() == DType::F32 {
         let limits = match visible.pooled {
-            Some(pooled) => super::fast_ops::KeyLimits::PerBatchRow(pooled),
-            None => super::fast_ops::KeyLimits::Causal { first_row: visible.first_row },
+            Some(pooled) => cpu::KeyLimits::PerBatchRow(pooled),
+            None => cpu::KeyLimits::Causal { first_row: visible.first_row },
         };
-        #[cfg(target_arch = "x86_64")]
-        if products == AttentionProducts::Bf16 && super::bf16_linear::supported() {
-            use super::fast_ops::cpu_f32;
-            let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-            let ((qs, ql), (ks, kl), (vs, vl)) =
-                (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout());
-            let out = super::bf16_linear::attention_products(
-                (cpu_f32(&qs, ql)?, cpu_f32(&ks, kl)?, cpu_f32(&vs, vl)?),
-                (b * kv_heads, n_rep * rows, keys, d),
-                |scores| {
-                    let per_batch_row = (keys, kv_heads * n_rep * rows);
-                    super::fast_ops::masked_softmax(scores, per_batch_row, scale as f32, rows, limits)
-                },
-            );
-            // [b, kv, n_rep × rows, d] is [b, heads, rows, d].
-            return Tensor::from_vec(out, (b, heads, rows, d), q.device());
-        }
-        // One pass instead of five (scale, mask, and softmax's three), with a vectorised exp.
-        let scores = q.matmul(&k.t()?)?; // [b, kv, n_rep*rows, keys], a fresh buffer
-        super::fast_ops::masked_softmax_in_place(&scores, scale as f32, rows, limits)?;
-        scores
-    } else {
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = scores.reshape((b, heads, rows, keys))?.broadcast_add(visible.mask)?;
-        let in_dtype = scores.dtype();
-        // Softmax in f32, as transformers' eager and SDPA paths accumulate it.
-        let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?;
-        probs.reshape((b, kv_heads, n_rep * rows, keys))?
-    };
+        return cpu::attention_f32((&q, k, v), (rows, scale as f32), limits, products == AttentionProducts::Bf16);
+    }
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    let scores = scores.reshape((b, heads, rows, keys))?.broadcast_add(visible.mask)?;
+    let in_dtype = scores.dtype();
+    // Softmax in f32, as transformers' eager and SDPA paths accumulate it.
+    let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(in_dtype)?;
+    let probs = probs.reshape((b, kv_heads, n_rep * rows, keys))?;
     probs.matmul(v)?.reshape((b, heads, rows, d))
 }
 
@@ -451,11 +410,6 @@ pub struct RmsNorm {
 impl RmsNorm {
     pub fn load(size: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
         Ok(Self { weight: vb.get(size, "weight")?, eps: eps as f32 })
-    }
-
-    /// The scale and epsilon (for fused CPU passes that normalise on the way).
-    pub fn parts(&self) -> (&Tensor, f32) {
-        (&self.weight, self.eps)
     }
 }
 
@@ -485,29 +439,18 @@ pub struct GatedMlp {
 /// bf16 kernel one product that writes the gated result directly.
 #[derive(Debug, Clone)]
 enum GateUp {
-    Separate {
-        gate_proj: Proj,
-        up_proj: Proj,
-    },
-    #[cfg(target_arch = "x86_64")]
-    PackedBf16(std::sync::Arc<super::bf16_linear::GatedBf16>),
+    Separate { gate_proj: Proj, up_proj: Proj },
+    PackedBf16(Arc<cpu::PackedGated>),
 }
 
 impl GatedMlp {
     pub fn load(hidden: usize, intermediate: usize, bias: bool, vb: VarBuilder, kind: &LinearKind) -> Result<Self> {
         let gate_up = match kind {
             // The fused product has no bias term (no Llama or Qwen3 reward model has an MLP bias).
-            #[cfg(target_arch = "x86_64")]
             LinearKind::PackedBf16(checkpoint) if !bias => {
                 let (gate, up) = (vb.pp("gate_proj"), vb.pp("up_proj"));
-                let fused = super::bf16_linear::GatedBf16::load(
-                    hidden,
-                    intermediate,
-                    &gate.prefix(),
-                    &up.prefix(),
-                    checkpoint,
-                )?;
-                GateUp::PackedBf16(std::sync::Arc::new(fused))
+                let fused = cpu::PackedGated::load(hidden, intermediate, &gate.prefix(), &up.prefix(), checkpoint)?;
+                GateUp::PackedBf16(Arc::new(fused))
             }
             _ => GateUp::Separate {
                 gate_proj: Proj::load(hidden, intermediate, bias, vb.pp("gate_proj"), kind)?,
@@ -522,12 +465,37 @@ impl Module for GatedMlp {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let hidden = match &self.gate_up {
             GateUp::Separate { gate_proj, up_proj } => {
-                super::fast_ops::silu_mul(&gate_proj.forward(xs)?, &up_proj.forward(xs)?)?
+                cpu::fast_ops::silu_mul(&gate_proj.forward(xs)?, &up_proj.forward(xs)?)?
             }
-            #[cfg(target_arch = "x86_64")]
             GateUp::PackedBf16(fused) => fused.forward(xs)?,
         };
         self.down_proj.forward(&hidden)
+    }
+}
+
+/// A projection's output `x` `[b, t, heads × d]` as attention's `[b, heads, t, d]`, with the
+/// per-head RMSNorm (`norm`, Qwen3's q and k) and the rotary embedding (`rope`: cos and sin
+/// `[t, d/2]`, or `[b, t, d/2]` per batch row) applied on the way: on CPU f32 one fused pass
+/// (`cpu::fast_ops::split_heads_f32`), elsewhere candle's ops.
+pub fn split_heads(
+    x: &Tensor,
+    (heads, d): (usize, usize),
+    norm: Option<&RmsNorm>,
+    rope: Option<(&Tensor, &Tensor)>,
+) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 && d % 2 == 0 {
+        return cpu::fast_ops::split_heads_f32(x, (heads, d), norm.map(|n| (&n.weight, n.eps)), rope);
+    }
+    let (b, t, _) = x.dims3()?;
+    let y = x.reshape((b, t, heads, d))?;
+    let y = match norm {
+        Some(norm) => norm.forward(&y)?,
+        None => y,
+    };
+    let y = y.transpose(1, 2)?.contiguous()?;
+    match rope {
+        Some((cos, sin)) => candle_nn::rotary_emb::rope(&y, cos, sin),
+        None => Ok(y),
     }
 }
 
@@ -669,18 +637,70 @@ mod tests {
     }
 
     /// The bf16 mode's attention products: within bf16 noise of f64, and visibly not the exact
-    /// path (so the kernel did run).
-    #[cfg(target_arch = "x86_64")]
+    /// path (so the kernel did run). Measured on an AVX512-BF16 EPYC: 7.3e-3 causal, 3.8e-3
+    /// pooled; the bound is twice the larger.
     #[test]
     fn bf16_attention_products_stay_within_bf16_noise() {
-        if !crate::models::bf16_linear::supported() {
-            eprintln!("this CPU has no AVX512-BF16: the kernel is not used here");
+        if !cpu::bf16_kernel_or_skip("bf16_attention_products_stay_within_bf16_noise") {
             return;
         }
         let (causal, pooled, _, _) = attention_against_f64(AttentionProducts::Bf16, 32);
         eprintln!("bf16 attention products: max |diff| from f64 causal {causal:.2e}, pooled {pooled:.2e}");
         for diff in [causal, pooled] {
-            assert!(diff < 0.05 && diff > 1e-5, "max |diff| causal {causal}, pooled {pooled}");
+            assert!(diff < 1.5e-2 && diff > 1e-5, "max |diff| causal {causal}, pooled {pooled}");
+        }
+    }
+
+    /// The fused CPU f32 pass against candle's reshape, RmsNorm, transpose and rope (taken by
+    /// f64): with and without the norm, with shared and per-batch-row rotary tables.
+    #[test]
+    fn split_heads_matches_candle_steps() {
+        let device = candle_core::Device::Cpu;
+        let (b, t, heads, d) = (2, 7, 3, 8);
+        let x = Tensor::randn(0f32, 3.0, (b, t, heads * d), &device).unwrap();
+        let weight = Tensor::randn(1f32, 0.5, d, &device).unwrap();
+        let norm_in = |dtype| {
+            let tensors = std::collections::HashMap::from([("norm.weight".to_string(), weight.clone())]);
+            RmsNorm::load(d, 1e-6, candle_nn::VarBuilder::from_tensors(tensors, dtype, &device).pp("norm")).unwrap()
+        };
+        let norm = norm_in(candle_core::DType::F32);
+        let rope = RotaryEmbedding::new(d, 10_000.0, None).unwrap();
+        let (cos, sin) = rope.tables(t + 3, &device, candle_core::DType::F32).unwrap();
+        let cos = cos.narrow(0, 0, t).unwrap();
+        let sin = sin.narrow(0, 0, t).unwrap();
+        let positions = Tensor::new(&[4u32, 1], &device).unwrap();
+        let per_row = |v: &Tensor| v.index_select(&positions, 0).unwrap().unsqueeze(1).unwrap().contiguous().unwrap();
+        let (cos_b, sin_b) = (per_row(&cos), per_row(&sin));
+        let wide = |v: &Tensor| v.to_dtype(candle_core::DType::F64).unwrap();
+        let x1 = x.narrow(1, 0, 1).unwrap().contiguous().unwrap();
+        let norm64 = norm_in(candle_core::DType::F64);
+        for with_norm in [false, true] {
+            let (n, n64) = if with_norm { (Some(&norm), Some(&norm64)) } else { (None, None) };
+            let cases = [
+                (x.clone(), None),
+                (x.clone(), Some((cos.clone(), sin.clone()))),
+                (x1.clone(), Some((cos_b.clone(), sin_b.clone()))),
+            ];
+            for (input, tables) in cases {
+                let ours = split_heads(&input, (heads, d), n, tables.as_ref().map(|(c, s)| (c, s))).unwrap();
+                let tables64 = tables.as_ref().map(|(c, s)| (wide(c), wide(s)));
+                let theirs =
+                    split_heads(&wide(&input), (heads, d), n64, tables64.as_ref().map(|(c, s)| (c, s))).unwrap();
+                assert_eq!(ours.dims(), theirs.dims());
+                let diff = (ours - theirs.to_dtype(candle_core::DType::F32).unwrap())
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    diff < 1e-5,
+                    "norm {with_norm}, tables {:?}: max |diff| {diff}",
+                    tables.map(|(c, _)| c.dims().to_vec())
+                );
+            }
         }
     }
 

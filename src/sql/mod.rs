@@ -1,0 +1,5 @@
+//! SQL sessions with skyscore's functions: [`session`] builds a DataFusion session with the
+//! UDFs, tables and Parquet metadata; [`output`] runs statements and writes results atomically.
+
+pub mod output;
+pub mod session;
