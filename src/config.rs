@@ -14,6 +14,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
+use skyscore_engine::device::DeviceList;
 use skyscore_engine::encode::TruncationSide;
 use skyscore_engine::models::Dtype;
 
@@ -36,7 +37,7 @@ pub struct ScorerConfig {
     #[serde(default)]
     pub max_batch_tokens: Option<usize>,
     #[serde(default)]
-    pub device: Option<String>,
+    pub device: Option<DeviceList>,
     #[serde(default)]
     pub dtype: Option<Dtype>,
 }
@@ -102,5 +103,13 @@ mod tests {
         assert_eq!(ScorerConfig::from_yaml("dtype: bfloat16").unwrap().dtype, Some(Dtype::Bf16));
         let err = format!("{:#}", ScorerConfig::from_yaml("dtype: f8").unwrap_err());
         assert!(err.contains("unknown dtype `f8`"), "{err}");
+    }
+
+    #[test]
+    fn devices_are_checked_when_the_config_is_read() {
+        let cfg = ScorerConfig::from_yaml("device: cuda:0,cuda:1").unwrap();
+        assert_eq!(cfg.device, Some("cuda:0,cuda:1".parse().unwrap()));
+        let err = format!("{:#}", ScorerConfig::from_yaml("device: cpu,cuda").unwrap_err());
+        assert!(err.contains("mixes cpu and cuda"), "{err}");
     }
 }

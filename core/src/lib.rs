@@ -6,6 +6,7 @@
 //! - [`scorer`]: the [`Scorer`] trait and its per-row results.
 //! - [`stats`]: [`ScoreStats`], the one set of run figures every report embeds.
 //! - [`distribution`]: the distribution of a run's scores (quantiles, histogram), streaming.
+//! - [`distinct`]: [`Distinct`], deduplication of conversations by content hash.
 //! - [`facts`]: [`ModelFacts`], what a score depends on besides the conversation.
 //!
 //! It must not depend on DataFusion, Arrow, Ballista, candle or tokenizers; it holds no
@@ -14,12 +15,14 @@
 #![forbid(unsafe_code)]
 
 pub mod conversation;
+pub mod distinct;
 pub mod distribution;
 pub mod facts;
 pub mod scorer;
 pub mod stats;
 
 pub use conversation::{conversation_key, ChatTurn, Conversation, ConversationKey, ScoreRequest};
+pub use distinct::Distinct;
 pub use distribution::{DistributionSummary, ScoreDistribution};
 pub use facts::ModelFacts;
 pub use scorer::{RowResult, RowScore, Scored, Scorer, ScorerError};

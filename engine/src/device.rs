@@ -65,8 +65,16 @@ impl DeviceSpec {
 
 /// A non-empty list of devices of one kind: one model replica per entry. Parsed once where
 /// the user gives it (a flag, the YAML config).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct DeviceList(pub Vec<DeviceSpec>);
+
+impl TryFrom<String> for DeviceList {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        text.parse()
+    }
+}
 
 impl FromStr for DeviceList {
     type Err = String;

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use crate::config::ScorerConfig;
@@ -83,10 +83,7 @@ impl EngineArgs {
             None => ScorerConfig::default(),
         };
         let devices = match (&self.device, &cfg.device) {
-            (Some(list), _) => list.clone(),
-            (None, Some(text)) => text.parse::<DeviceList>().map_err(anyhow::Error::msg).with_context(|| {
-                format!("`device` in {}", self.config.as_ref().map(|p| p.display().to_string()).unwrap_or_default())
-            })?,
+            (Some(list), _) | (None, Some(list)) => list.clone(),
             (None, None) => DeviceList::default_for_build(),
         };
         let dtype = self.dtype.or(cfg.dtype).unwrap_or(Dtype::default_for(devices.on_gpu()));

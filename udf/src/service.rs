@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use skyscore_core::{
-    conversation_key, ChatTurn, Conversation, ConversationKey, ScoreDistribution, ScoreStats, Scorer, ScorerError,
+    conversation_key, ChatTurn, Conversation, ConversationKey, Distinct, ScoreDistribution, ScoreStats, Scorer,
+    ScorerError,
 };
 
 use crate::cache::ScoreCache;
@@ -240,13 +241,13 @@ fn run_worker(scorer: Arc<dyn Scorer>, jobs: Receiver<Job>, counters: Arc<Counte
             batch.push(more);
         }
         let mut todo: Vec<Conversation<'static>> = Vec::new();
-        let mut todo_keys: Vec<ConversationKey> = Vec::new();
         let mut todo_functions: Vec<&'static str> = Vec::new();
         let mut slots: Vec<Vec<Slot>> = Vec::with_capacity(batch.len());
         let mut late_hits = 0;
+        // The distinct rows still to score, numbered as `todo`.
+        let mut pending = Distinct::new();
         {
             let mut cache = cache.lock().expect("cache lock");
-            let mut pending: HashMap<ConversationKey, usize> = HashMap::new();
             for job in batch.iter_mut() {
                 let convs = std::mem::take(&mut job.conversations);
                 let mut job_slots = Vec::with_capacity(convs.len());
@@ -254,15 +255,15 @@ fn run_worker(scorer: Arc<dyn Scorer>, jobs: Receiver<Job>, counters: Arc<Counte
                     if let Some(score) = cache.get(key) {
                         late_hits += 1;
                         job_slots.push(Slot::Known(score));
-                    } else if let Some(&t) = pending.get(key) {
-                        late_hits += 1;
-                        job_slots.push(Slot::Todo(t));
                     } else {
-                        pending.insert(*key, todo.len());
-                        job_slots.push(Slot::Todo(todo.len()));
-                        todo.push(conv);
-                        todo_keys.push(*key);
-                        todo_functions.push(job.function);
+                        let (t, first) = pending.insert(*key);
+                        if first {
+                            todo.push(conv);
+                            todo_functions.push(job.function);
+                        } else {
+                            late_hits += 1;
+                        }
+                        job_slots.push(Slot::Todo(t));
                     }
                 }
                 slots.push(job_slots);
@@ -289,7 +290,7 @@ fn run_worker(scorer: Arc<dyn Scorer>, jobs: Receiver<Job>, counters: Arc<Counte
             *counters.model.lock().expect("stats lock") += stats;
             let mut distributions = counters.distributions.lock().expect("stats lock");
             let mut cache = cache.lock().expect("cache lock");
-            for ((key, function), row) in todo_keys.iter().zip(&todo_functions).zip(&scored.rows) {
+            for ((key, function), row) in pending.keys().iter().zip(&todo_functions).zip(&scored.rows) {
                 if let Ok(r) = row {
                     cache.insert(*key, r.score);
                     distributions.entry(function).or_default().add(r.score as f64);

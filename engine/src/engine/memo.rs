@@ -4,12 +4,11 @@
 //! batch's scores are committed as soon as they exist. No candle here: it is tested over a fake
 //! store.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::Result;
-use skyscore_core::{conversation_key, Conversation, ConversationKey, RowResult, RowScore, ScoreStats};
+use skyscore_core::{conversation_key, Conversation, ConversationKey, Distinct, RowResult, RowScore, ScoreStats};
 
 use crate::store::{ModelId, ScoreStore};
 
@@ -107,8 +106,8 @@ impl Memo {
     pub fn plan(&self, conversations: &[Result<Conversation<'_>, String>]) -> Result<ChunkPlan> {
         let mut stats = ScoreStats::default();
         let mut slots = Vec::with_capacity(conversations.len());
-        let mut first_of: HashMap<ConversationKey, usize> = HashMap::new();
-        let (mut distinct_rows, mut distinct_keys) = (Vec::new(), Vec::new());
+        let mut distinct = Distinct::new();
+        let mut distinct_rows = Vec::new();
         for (row, conversation) in conversations.iter().enumerate() {
             let conversation = match conversation {
                 Ok(c) => c,
@@ -117,23 +116,22 @@ impl Memo {
                     continue;
                 }
             };
-            let key = conversation_key(conversation);
-            let t = *first_of.entry(key).or_insert(distinct_rows.len());
-            if t == distinct_rows.len() {
+            let (t, first) = distinct.insert(conversation_key(conversation));
+            if first {
                 distinct_rows.push(row);
-                distinct_keys.push(key);
             } else {
                 stats.duplicate_rows += 1;
             }
             slots.push(Slot::Todo(t));
         }
-        let stored = self.lookup(&distinct_keys)?;
+        let distinct_keys = distinct.keys();
+        let stored = self.lookup(distinct_keys)?;
         // A stored conversation counts once as a store hit; its duplicates stay duplicates.
         stats.store_hits = stored.iter().filter(|s| s.is_some()).count();
         // Renumber the conversations still to score; stored ones answer their rows directly.
         let mut renumbered = Vec::with_capacity(distinct_rows.len());
         let (mut todo_rows, mut todo_keys) = (Vec::new(), Vec::new());
-        for ((row, key), found) in distinct_rows.iter().zip(&distinct_keys).zip(&stored) {
+        for ((row, key), found) in distinct_rows.iter().zip(distinct_keys).zip(&stored) {
             renumbered.push(todo_rows.len());
             if found.is_none() {
                 todo_rows.push(*row);
@@ -190,6 +188,7 @@ impl Memo {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::path::PathBuf;
     use std::sync::Mutex;
 
