@@ -68,21 +68,22 @@ impl Engine {
         let pad_token_id =
             checkpoint.config_pad_token_id.or_else(|| special.get("pad_token").and_then(|t| encoder.token_to_id(t)));
 
-        // bf16 on a CPU with AVX512-BF16: the linear layers run through skyscore's bf16 kernel,
-        // everything else in f32 (candle's CPU bf16 widens every product to f32 and is slower
-        // than f32). Elsewhere candle runs the whole model in the dtype asked for.
-        let packed_bf16 =
-            !opts.on_gpu() && opts.dtype == Dtype::Bf16 && opts.bf16_kernel && crate::models::cpu_bf16_kernel();
-        let linear_kind = if packed_bf16 {
-            // SAFETY: as for the VarBuilder below: the files are mapped read-only and not changed.
-            let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&checkpoint.weights) }
-                .with_context(|| format!("reading weights of `{model}`"))
-                .map_err(EngineError::Load)?;
-            LinearKind::PackedBf16(std::sync::Arc::new(mapped))
-        } else {
-            LinearKind::Dense
+        let path = ComputePath::choose(opts);
+        let linear_kind = match path {
+            ComputePath::Bf16Kernel => {
+                // SAFETY: as for the VarBuilder below: the files are mapped read-only and not changed.
+                let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&checkpoint.weights) }
+                    .with_context(|| format!("reading weights of `{model}`"))
+                    .map_err(EngineError::Load)?;
+                LinearKind::PackedBf16(std::sync::Arc::new(mapped))
+            }
+            ComputePath::RoundedBf16 => LinearKind::RoundedBf16,
+            ComputePath::Candle => LinearKind::Dense,
         };
-        let load_dtype = if packed_bf16 { candle_core::DType::F32 } else { opts.dtype.candle() };
+        let load_dtype = match path {
+            ComputePath::Bf16Kernel | ComputePath::RoundedBf16 => candle_core::DType::F32,
+            ComputePath::Candle => opts.dtype.candle(),
+        };
         let mut replicas = Vec::with_capacity(opts.devices.0.len());
         for spec in &opts.devices.0 {
             let device = spec.open().map_err(EngineError::Load)?;
@@ -108,14 +109,14 @@ impl Engine {
         };
         let facts = model_facts(&checkpoint, encoder.template().sha256(), opts);
         let memory = match &opts.store {
-            Some(path) => open_store(path, opts, &facts, &checkpoint, packed_bf16).map_err(EngineError::Load)?,
+            Some(file) => open_store(file, opts, &facts, &checkpoint, path).map_err(EngineError::Load)?,
             None => None,
         };
         tracing::info!(
             model,
             arch = checkpoint.arch.name(),
             dtype = %opts.dtype,
-            linear = if packed_bf16 { "bf16 kernel" } else { "candle" },
+            path = path.describe(),
             devices = %opts.devices,
             max_batch_tokens = max_tokens,
             chunk_rows = opts.chunk_rows(),
@@ -147,7 +148,7 @@ fn open_store(
     opts: &EngineOptions,
     facts: &ModelFacts,
     checkpoint: &Checkpoint,
-    packed_bf16: bool,
+    compute: ComputePath,
 ) -> anyhow::Result<Option<Box<dyn ScoreMemory>>> {
     let Some(store) = ScoreStore::open(path, opts.store_wait)? else {
         tracing::warn!(
@@ -156,16 +157,51 @@ fn open_store(
         );
         return Ok(None);
     };
-    let kind = match (opts.on_gpu(), packed_bf16) {
+    // Paths that round differently keep their scores apart (the names of existing stores'
+    // paths are kept: "cuda", "cpu-bf16-kernel", "cpu").
+    let kind = match (opts.on_gpu(), compute) {
         (true, _) => "cuda",
-        (false, true) => "cpu-bf16-kernel",
-        (false, false) => "cpu",
+        (false, ComputePath::Bf16Kernel) => "cpu-bf16-kernel",
+        (false, ComputePath::RoundedBf16) => "cpu-bf16-rounded",
+        (false, ComputePath::Candle) => "cpu",
     };
     let description = facts.store_description(kind, &checkpoint.files_sha256);
     let digest = Sha256::digest(description.as_bytes());
     let model: ModelId = digest[..16].try_into().expect("16 bytes");
     store.register_model(&model, &description)?;
     Ok(Some(Box::new(StoredModel { store, model })))
+}
+
+/// How the model computes, given the dtype and the machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ComputePath {
+    /// candle's ops in the dtype asked for (f32 and f16 on CPU, everything on GPUs, and CPU bf16
+    /// when `candle_bf16` asks for it).
+    Candle,
+    /// CPU bf16 with AVX512-BF16: projections through skyscore's bf16 kernel, the rest f32.
+    Bf16Kernel,
+    /// CPU bf16 without AVX512-BF16: bf16-rounded weights multiplied in f32.
+    RoundedBf16,
+}
+
+impl ComputePath {
+    pub fn choose(opts: &EngineOptions) -> Self {
+        if opts.on_gpu() || opts.dtype != Dtype::Bf16 || opts.candle_bf16 {
+            ComputePath::Candle
+        } else if crate::models::cpu_bf16_kernel() {
+            ComputePath::Bf16Kernel
+        } else {
+            ComputePath::RoundedBf16
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            ComputePath::Candle => "candle",
+            ComputePath::Bf16Kernel => "bf16 kernel (AVX512-BF16)",
+            ComputePath::RoundedBf16 => "bf16-rounded weights in f32 (no AVX512-BF16)",
+        }
+    }
 }
 
 /// What a score of `checkpoint` run with `options` depends on besides the conversation.

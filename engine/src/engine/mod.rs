@@ -23,7 +23,7 @@ use skyscore_core::{
     ChatTurn, Conversation, ConversationKey, ModelFacts, RowResult, RowScore, ScoreStats, Scored, Scorer, ScorerError,
 };
 
-pub use load::describe_model;
+pub use load::{describe_model, ComputePath};
 use memo::Memo;
 use runner::Runner;
 
@@ -56,10 +56,10 @@ pub struct EngineOptions {
     /// are cut to fit, and a row that cannot fit alone is refused as a row error before
     /// anything is allocated.
     pub max_memory: Option<u64>,
-    /// `--dtype bf16` on a CPU with AVX512-BF16: run the projections through skyscore's bf16
-    /// kernel (the default) or, when false, through candle's bf16 like any other CPU. Tests
-    /// use it to check both paths on one machine; `SKYSCORE_BF16_KERNEL=0` sets it false.
-    pub bf16_kernel: bool,
+    /// `--dtype bf16` on CPU through candle's bf16 ops (the GPU's path) instead of skyscore's
+    /// own (the AVX512-BF16 kernel where the CPU has it, else bf16-rounded weights in the f32
+    /// path). Tests use it to check candle's path on any CPU; `SKYSCORE_CANDLE_BF16=1` sets it.
+    pub candle_bf16: bool,
     /// When the caller sets this flag, the run stops between device batches with
     /// [`EngineError::Stopped`]; every score computed so far is committed to the store.
     pub stop: Option<Arc<AtomicBool>>,
@@ -78,7 +78,7 @@ impl Default for EngineOptions {
             store: None,
             store_wait: crate::store::DEFAULT_WAIT,
             max_memory: None,
-            bf16_kernel: std::env::var("SKYSCORE_BF16_KERNEL").map_or(true, |v| v != "0"),
+            candle_bf16: std::env::var("SKYSCORE_CANDLE_BF16").is_ok_and(|v| v == "1"),
             stop: None,
         }
     }

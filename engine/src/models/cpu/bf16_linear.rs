@@ -327,62 +327,6 @@ unsafe fn run_into(panels: &Panels, x: &[f32], m: usize, n: usize, epilogue: Epi
     });
 }
 
-/// Attention's two products in bf16 (as transformers' bf16 attention does them), f32 scores in
-/// between: `q` `[g, r, d]` against `k`, `v` `[g, keys, d]` (g groups: batch rows × KV heads; r
-/// query rows per group: the heads sharing a KV head × query positions), all f32. `softmax`
-/// turns the `[g, r, keys]` scores into probabilities in place; returns `[g, r, d]`. K and V are
-/// packed per group like weights (V transposed), a small cost next to the products.
-pub fn attention_products(
-    (q, k, v): (&[f32], &[f32], &[f32]),
-    (groups, r, keys, d): (usize, usize, usize, usize),
-    softmax: impl FnOnce(&mut [f32]),
-) -> Vec<f32> {
-    assert!(q.len() == groups * r * d && k.len() == groups * keys * d && v.len() == k.len());
-    let to_bits = |x: f32| bf16::from_f32(x).to_bits();
-    let mut scores: Vec<f32> = Vec::with_capacity(groups * r * keys);
-    let scores_out = SendPtr(scores.as_mut_ptr());
-    (0..groups).into_par_iter().for_each(|g| {
-        let scores_out = &scores_out;
-        let kg = &k[g * keys * d..(g + 1) * keys * d];
-        let k_panels = Panels::pack(keys.div_ceil(16), d, |key, out| {
-            if key < keys {
-                out.iter_mut().zip(&kg[key * d..(key + 1) * d]).for_each(|(o, &x)| *o = to_bits(x));
-            }
-        });
-        // SAFETY: group g's `r × keys` scores, a region of `scores` no other group writes.
-        unsafe {
-            run_into(
-                &k_panels,
-                &q[g * r * d..(g + 1) * r * d],
-                r,
-                keys,
-                Epilogue::Store,
-                scores_out.0.add(g * r * keys),
-            )
-        }
-    });
-    // SAFETY: every group wrote its scores just above.
-    unsafe { scores.set_len(groups * r * keys) };
-    softmax(&mut scores);
-    let mut out: Vec<f32> = Vec::with_capacity(groups * r * d);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    (0..groups).into_par_iter().for_each(|g| {
-        let out_ptr = &out_ptr;
-        let vg = &v[g * keys * d..(g + 1) * keys * d];
-        let v_panels = Panels::pack(d.div_ceil(16), keys, |col, out| {
-            if col < d {
-                out.iter_mut().enumerate().for_each(|(key, o)| *o = to_bits(vg[key * d + col]));
-            }
-        });
-        let probs = &scores[g * r * keys..(g + 1) * r * keys];
-        // SAFETY: group g's `r × d` outputs, a region of `out` no other group writes.
-        unsafe { run_into(&v_panels, probs, r, d, Epilogue::Store, out_ptr.0.add(g * r * d)) }
-    });
-    // SAFETY: every group wrote its outputs just above.
-    unsafe { out.set_len(groups * r * d) };
-    out
-}
-
 struct SendPtr(*mut f32);
 // SAFETY: the work items write disjoint regions of the buffer behind the pointer.
 unsafe impl Sync for SendPtr {}

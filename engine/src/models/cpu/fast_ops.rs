@@ -42,28 +42,40 @@ pub fn exp_f32(x: f32) -> f32 {
     }
 }
 
-/// Runs `body` compiled for AVX-512 when the CPU has it (its loops then vectorise 16 lanes
-/// wide; the default x86-64 target stops at SSE2), else as is. `body` must be `#[inline(always)]`.
-macro_rules! dispatch_avx512 {
-    ($name:ident: fn($($arg:ident: $ty:ty),*) => $body:ident) => {
-        fn $name($($arg: $ty),*) {
+/// Runs `body` compiled for AVX-512 when the CPU has it, else for AVX2 + FMA when it has those
+/// (its loops then vectorise 16 or 8 lanes wide; the default x86-64 target stops at SSE2), else
+/// as is. `body` must be `#[inline(always)]`. The arithmetic is the same on every path: Rust
+/// never fuses a multiply and an add on its own, and the bodies fix their reduction order with
+/// explicit lane arrays, so results are bit-identical whichever path runs.
+macro_rules! dispatch_simd {
+    ($vis:vis $name:ident: fn($($arg:ident: $ty:ty),*) => $body:ident) => {
+        $vis fn $name($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
                 unsafe fn wide($($arg: $ty),*) {
                     $body($($arg),*)
                 }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has AVX-512 (checked just above).
                     return unsafe { wide($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU has AVX2 and FMA (checked just above).
+                    return unsafe { avx2($($arg),*) };
                 }
             }
             $body($($arg),*)
         }
     };
 }
+pub(crate) use dispatch_simd;
 
-dispatch_avx512!(silu_mul_chunk: fn(out: &mut [f32], gate: &[f32], up: &[f32]) => silu_mul_body);
+dispatch_simd!(silu_mul_chunk: fn(out: &mut [f32], gate: &[f32], up: &[f32]) => silu_mul_body);
 
 #[inline(always)]
 fn silu_mul_body(out: &mut [f32], gate: &[f32], up: &[f32]) {
@@ -165,7 +177,7 @@ pub fn masked_softmax(
     });
 }
 
-dispatch_avx512!(softmax_row: fn(row: &mut [f32], visible: usize, scale: f32) => softmax_row_body);
+dispatch_simd!(pub(crate) softmax_row: fn(row: &mut [f32], visible: usize, scale: f32) => softmax_row_body);
 
 #[inline(always)]
 fn softmax_row_body(row: &mut [f32], visible: usize, scale: f32) {

@@ -2,12 +2,14 @@
 //! call the portable API below and never look at the architecture. Kernels take tensors, slices
 //! and scalars, never a model struct.
 //!
+//! - [`attention`]: attention one query row at a time over its own keys (batch-invariant).
 //! - [`fast_ops`]: fused f32 elementwise passes (SiLU·up, masked softmax, split into heads with
 //!   the per-head RMSNorm and rotary), vectorised with AVX-512 where the CPU has it.
 //! - `bf16_linear` (x86-64): the AVX512-BF16 kernel of `--dtype bf16` (projections, the gated
 //!   MLP product, attention's two products). On other architectures [`PackedLinear`] and
 //!   [`PackedGated`] exist but cannot be loaded, and [`bf16_kernel_available`] is false.
 
+pub mod attention;
 #[cfg(target_arch = "x86_64")]
 pub mod bf16_linear;
 pub mod fast_ops;
@@ -90,9 +92,10 @@ pub fn mapped_embedding(checkpoint: &MmapedSafetensors, name: &str, hidden: usiz
 
 /// Scaled, masked attention on CPU in f32: q `[b, kv_heads, n_rep × rows, d]` (the query heads
 /// that share a KV head grouped), k and v `[b, kv_heads, keys, d]`; returns
-/// `[b, kv_heads × n_rep, rows, d]`. Scale, mask and softmax run as one pass; with
-/// `bf16_products` and the kernel, both products take bf16 operands (the bf16 mode's, as
-/// transformers' bf16 attention does), otherwise candle's f32 matmul.
+/// `[b, kv_heads × n_rep, rows, d]`. Each query row runs over exactly the keys it sees, in a
+/// fixed order ([`attention`]): a row's result does not depend on its batch. With
+/// `bf16_products`, the products take bf16-rounded operands (the bf16 mode's, as transformers'
+/// bf16 attention does).
 pub fn attention_f32(
     (q, k, v): (&Tensor, &Tensor, &Tensor),
     (rows, scale): (usize, f32),
@@ -102,23 +105,57 @@ pub fn attention_f32(
     let (b, kv_heads, grouped_rows, d) = q.dims4()?;
     let keys = k.dim(2)?;
     let heads = kv_heads * (grouped_rows / rows.max(1));
-    #[cfg(target_arch = "x86_64")]
-    if bf16_products && bf16_linear::supported() {
-        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-        let ((qs, ql), (ks, kl), (vs, vl)) = (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout());
-        let out = bf16_linear::attention_products(
-            (cpu_f32(&qs, ql)?, cpu_f32(&ks, kl)?, cpu_f32(&vs, vl)?),
-            (b * kv_heads, grouped_rows, keys, d),
-            |scores| fast_ops::masked_softmax(scores, (keys, grouped_rows * kv_heads), scale, rows, limits),
-        );
-        // [b, kv, n_rep × rows, d] is [b, heads, rows, d].
-        return Tensor::from_vec(out, (b, heads, rows, d), q.device());
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let ((qs, ql), (ks, kl), (vs, vl)) = (q.storage_and_layout(), k.storage_and_layout(), v.storage_and_layout());
+    let shape = attention::Shape { batch: b, kv_heads, grouped_rows, rows, keys, d };
+    let out = attention::attention(
+        (cpu_f32(&qs, ql)?, cpu_f32(&ks, kl)?, cpu_f32(&vs, vl)?),
+        shape,
+        scale,
+        limits,
+        bf16_products,
+    );
+    // [b, kv, n_rep × rows, d] is [b, heads, rows, d].
+    Tensor::from_vec(out, (b, heads, rows, d), q.device())
+}
+
+/// `x Wᵀ (+ b)` on CPU in f32 through candle's matmul (the `gemm` crate), in the one form in
+/// which `gemm` gives a row the same bits whatever the other rows: `weight_t` is `Wᵀ` stored
+/// `[in, out]` row-major (with `W` as stored, `[out, in]`, `gemm` picks other kernels for
+/// small products, which sum in another order), and a lone row is computed next to a copy of
+/// itself (`gemm` runs a single row through its matrix-vector path).
+pub fn linear_f32(xs: &Tensor, weight_t: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (in_dim, out_dim) = weight_t.dims2()?;
+    let mut dims = xs.dims().to_vec();
+    if dims.last() != Some(&in_dim) {
+        candle_core::bail!("linear layer: input {dims:?}, weight of {in_dim} inputs");
     }
-    let _ = bf16_products;
-    // One pass instead of five (scale, mask, and softmax's three), with a vectorised exp.
-    let scores = q.matmul(&k.t()?)?; // [b, kv, n_rep*rows, keys], a fresh buffer
-    fast_ops::masked_softmax_in_place(&scores, scale, rows, limits)?;
-    scores.matmul(v)?.reshape((b, heads, rows, d))
+    let rows = xs.elem_count() / in_dim.max(1);
+    let x = xs.reshape((rows, in_dim))?;
+    let y = if rows == 1 { Tensor::cat(&[&x, &x], 0)?.matmul(weight_t)?.narrow(0, 0, 1)? } else { x.matmul(weight_t)? };
+    *dims.last_mut().expect("non-empty") = out_dim;
+    let y = y.reshape(dims)?;
+    match bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+/// The reward head on CPU in f32: `rows` `[b, hidden]` · `weight` `[1, hidden]` → `[b]`, each
+/// score one dot product in a fixed order (`gemm`'s matrix-vector path groups rows in a way
+/// that depends on how many there are).
+pub fn score_head_f32(rows: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (b, hidden) = rows.dims2()?;
+    let rows = rows.contiguous()?;
+    let weight = weight.to_dtype(candle_core::DType::F32)?.flatten_all()?;
+    let ((rs, rl), (ws, wl)) = (rows.storage_and_layout(), weight.storage_and_layout());
+    let (x, w) = (cpu_f32(&rs, rl)?, cpu_f32(&ws, wl)?);
+    if w.len() != hidden {
+        candle_core::bail!("score head: weight of {} values for hidden size {hidden}", w.len());
+    }
+    let mut scores = vec![0f32; b];
+    attention::dot_rows(w, x, &mut scores);
+    Tensor::from_vec(scores, b, rows.device())
 }
 
 /// Stand-ins where the bf16 kernel cannot exist: types that cannot be loaded (and so never run).
@@ -160,5 +197,52 @@ mod no_kernel {
         fn forward(&self, _: &Tensor) -> Result<Tensor> {
             match *self {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 2003.0) - 0.5).collect()
+    }
+
+    /// The first row's outputs, bit for bit, whatever the rows after it: alone, in a few rows,
+    /// in many (shapes where `gemm` with the weight as stored gives other bits: n ≤ 64, m = 1).
+    #[test]
+    fn a_row_of_a_linear_layer_is_the_same_bits_in_any_batch() {
+        let device = candle_core::Device::Cpu;
+        for (k, n) in [(64, 64), (64, 32), (160, 64), (64, 160), (1024, 3072)] {
+            let weight = Tensor::from_vec(values(k * n, 2), (n, k), &device).unwrap();
+            let weight_t = weight.t().unwrap().contiguous().unwrap();
+            let row = values(k, 1);
+            let first_row = |b: usize, t: usize| -> Vec<u32> {
+                let mut x = row.clone();
+                x.extend(values((b * t - 1) * k, 3));
+                let x = Tensor::from_vec(x, (b, t, k), &device).unwrap();
+                let y = linear_f32(&x, &weight_t, None).unwrap().flatten_all().unwrap();
+                y.narrow(0, 0, n).unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+            };
+            let alone = first_row(1, 1);
+            for (b, t) in [(1, 2), (1, 40), (1, 65), (7, 5), (16, 100), (2, 1), (64, 30)] {
+                assert_eq!(first_row(b, t), alone, "k {k}, n {n}: batch {b} × {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_score_head_is_a_dot_product_per_row() {
+        let device = candle_core::Device::Cpu;
+        let (rows, weight) = (values(3 * 40, 1), values(40, 2));
+        let x = Tensor::from_vec(rows.clone(), (3, 40), &device).unwrap();
+        let w = Tensor::from_vec(weight.clone(), (1, 40), &device).unwrap();
+        let scores: Vec<f32> = score_head_f32(&x, &w).unwrap().to_vec1().unwrap();
+        for (r, score) in scores.iter().enumerate() {
+            let want: f64 = (0..40).map(|i| rows[r * 40 + i] as f64 * weight[i] as f64).sum();
+            assert!((*score as f64 - want).abs() < 1e-5, "row {r}: {score} vs {want}");
+        }
+        let alone: Vec<f32> = score_head_f32(&x.narrow(0, 1, 1).unwrap(), &w).unwrap().to_vec1().unwrap();
+        assert_eq!(alone[0].to_bits(), scores[1].to_bits());
     }
 }
