@@ -16,7 +16,8 @@ use serde::Deserialize;
 
 use skyscore_engine::device::DeviceList;
 use skyscore_engine::encode::TruncationSide;
-use skyscore_engine::models::Dtype;
+
+use crate::run::DtypeChoice;
 
 pub const DEFAULT_MODEL: &str = "Skywork/Skywork-Reward-V2-Llama-3.1-8B-40M";
 pub const DEFAULT_NAME: &str = "SkyworkRewardScorer";
@@ -39,7 +40,7 @@ pub struct ScorerConfig {
     #[serde(default)]
     pub device: Option<DeviceList>,
     #[serde(default)]
-    pub dtype: Option<Dtype>,
+    pub dtype: Option<DtypeChoice>,
 }
 
 fn default_name() -> String {
@@ -100,7 +101,9 @@ mod tests {
 
     #[test]
     fn dtype_is_checked_when_the_config_is_read() {
-        assert_eq!(ScorerConfig::from_yaml("dtype: bfloat16").unwrap().dtype, Some(Dtype::Bf16));
+        let bf16 = skyscore_engine::Dtype::Bf16;
+        assert_eq!(ScorerConfig::from_yaml("dtype: bfloat16").unwrap().dtype, Some(DtypeChoice::Fixed(bf16)));
+        assert_eq!(ScorerConfig::from_yaml("dtype: auto").unwrap().dtype, Some(DtypeChoice::Auto));
         let err = format!("{:#}", ScorerConfig::from_yaml("dtype: f8").unwrap_err());
         assert!(err.contains("unknown dtype `f8`"), "{err}");
     }

@@ -26,13 +26,21 @@ fn register_font() {
     });
 }
 
+/// What a histogram counts: the values on its x axis, and how their quantile labels are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Measure {
+    Scores,
+    /// Tokens per row (`--plot-lengths`).
+    Tokens,
+}
+
 /// Writes the histogram of `summary` to `path` (`.svg` or `.png`) under `title`.
-pub fn write_histogram(path: &Path, summary: &DistributionSummary, title: &str) -> Result<()> {
+pub fn write_histogram(path: &Path, summary: &DistributionSummary, title: &str, measure: Measure) -> Result<()> {
     register_font();
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     match ext.as_str() {
-        "svg" => draw_histogram(SVGBackend::new(path, PLOT_SIZE).into_drawing_area(), summary, title),
-        "png" => draw_histogram(BitMapBackend::new(path, PLOT_SIZE).into_drawing_area(), summary, title),
+        "svg" => draw_histogram(SVGBackend::new(path, PLOT_SIZE).into_drawing_area(), summary, title, measure),
+        "png" => draw_histogram(BitMapBackend::new(path, PLOT_SIZE).into_drawing_area(), summary, title, measure),
         _ => bail!("{}: --plot writes .svg or .png files", path.display()),
     }
     .with_context(|| format!("drawing {}", path.display()))
@@ -47,7 +55,12 @@ pub fn check_plot_path(path: &Path) -> Result<()> {
     crate::io::check_writable(path)
 }
 
-fn draw_histogram<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, s: &DistributionSummary, title: &str) -> Result<()>
+fn draw_histogram<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    s: &DistributionSummary,
+    title: &str,
+    measure: Measure,
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
@@ -68,7 +81,10 @@ where
         .map_err(error)?;
     chart
         .configure_mesh()
-        .x_desc("score")
+        .x_desc(match measure {
+            Measure::Scores => "score",
+            Measure::Tokens => "tokens per row (before truncation)",
+        })
         .y_desc("rows")
         .axis_desc_style(("sans-serif", 20))
         .label_style(("sans-serif", 16))
@@ -91,9 +107,11 @@ where
         chart.draw_series(LineSeries::new([(v, 0.0), (v, top * 0.9)], line.stroke_width(2))).map_err(error)?;
         // Labels alternate between two heights so neighbouring quantiles stay readable.
         let y = if k % 2 == 0 { top * 0.97 } else { top * 0.92 };
-        chart
-            .draw_series(std::iter::once(Text::new(format!("p{p} {v:.2}"), (v, y), ("sans-serif", 15).into_font())))
-            .map_err(error)?;
+        let label = match measure {
+            Measure::Scores => format!("p{p} {v:.2}"),
+            Measure::Tokens => format!("p{p} {v:.0}"),
+        };
+        chart.draw_series(std::iter::once(Text::new(label, (v, y), ("sans-serif", 15).into_font()))).map_err(error)?;
     }
     root.present().map_err(error)?;
     Ok(())

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
-use skyscore_core::{DistributionSummary, ScoreStats};
+use skyscore_core::{DistributionSummary, LengthSummary, ScoreStats};
 
-use skyscore_engine::{Engine, EngineOptions};
+use skyscore_engine::{Dtype, Engine, EngineOptions};
 use skyscore_udf::{Scorer, ScoringService};
 
 use crate::cli::distribution::DETAILED_BINS;
@@ -20,6 +20,56 @@ use crate::cli::distribution::DETAILED_BINS;
 pub struct ResolvedEngine {
     pub model: String,
     pub options: EngineOptions,
+    /// Why `--dtype auto` took the dtype it took (`None` when the dtype was given).
+    pub dtype_reason: Option<String>,
+}
+
+/// `--dtype` as the user gives it: a dtype, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub enum DtypeChoice {
+    /// The fastest dtype whose scores stay within bf16 noise of f32 on this machine.
+    Auto,
+    Fixed(Dtype),
+}
+
+impl std::str::FromStr for DtypeChoice {
+    type Err = String;
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "auto" => Ok(DtypeChoice::Auto),
+            other => other.parse().map(DtypeChoice::Fixed).map_err(|e: String| e.replace("(f32", "(auto, f32")),
+        }
+    }
+}
+
+impl TryFrom<String> for DtypeChoice {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, String> {
+        name.parse()
+    }
+}
+
+impl DtypeChoice {
+    /// The dtype to run, and for `auto` why. On GPUs bf16 (what the cards are fast at); on a
+    /// CPU with AVX512-BF16, bf16 through skyscore's kernel (about 2× f32's speed); on other
+    /// CPUs f32 (bf16 runs there at f32's speed, so it would only add rounding).
+    pub fn resolve(self, on_gpu: bool) -> (Dtype, Option<String>) {
+        match self {
+            DtypeChoice::Fixed(dtype) => (dtype, None),
+            DtypeChoice::Auto if on_gpu => (Dtype::Bf16, Some("auto: bf16 on a GPU".into())),
+            DtypeChoice::Auto if skyscore_engine::models::cpu_bf16_kernel() => (
+                Dtype::Bf16,
+                Some("auto: bf16, this CPU has AVX512-BF16 (skyscore's bf16 kernel, about 2× f32)".into()),
+            ),
+            DtypeChoice::Auto => (
+                Dtype::F32,
+                Some(
+                    "auto: f32, this CPU has no AVX512-BF16 (bf16 would run at f32's speed with more rounding)".into(),
+                ),
+            ),
+        }
+    }
 }
 
 impl ResolvedEngine {
@@ -69,24 +119,33 @@ pub struct RunSummary {
     pub model: String,
     pub device: String,
     pub dtype: String,
+    /// Why `--dtype auto` chose `dtype`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dtype_reason: Option<String>,
     pub max_length: usize,
     pub batch_size: usize,
     /// The scores: score_count, score_mean, score_min, score_max, score_quantiles
     /// {"p1": ...}, score_histogram {edges, counts} (`skyscore sql`: when one function scored).
     #[serde(flatten)]
     pub distribution: Option<DistributionSummary>,
+    /// Token lengths: p50, p90, p99, max, truncated rows, the most tokens cut, and a suggested
+    /// max_length when more than 1% of the rows were cut (`skyscore score`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_lengths: Option<LengthSummary>,
     /// `skyscore sql`: the same per scoring function.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub score_by_function: BTreeMap<String, DistributionSummary>,
 }
 
 impl RunSummary {
-    /// A summary of a run of `model` with `options`, before any row.
-    pub fn new(model: &str, options: &EngineOptions) -> Self {
+    /// A summary of a run of `engine`, before any row.
+    pub fn new(engine: &ResolvedEngine) -> Self {
+        let (model, options) = (&engine.model, &engine.options);
         Self {
             model: model.to_string(),
             device: options.devices.to_string(),
             dtype: options.dtype.to_string(),
+            dtype_reason: engine.dtype_reason.clone(),
             max_length: options.max_length,
             batch_size: options.batch_size,
             ..Default::default()
@@ -101,7 +160,7 @@ impl RunSummary {
 
     pub fn line(&self) -> String {
         let s = &self.stats;
-        format!(
+        let mut line = format!(
             "scored {} rows ({} by the model, {} from the store, {} duplicates, {} skipped) · {} tokens ({} padded) · {} truncated · {:.2} s · {:.0} tokens/s",
             self.rows,
             s.model_rows,
@@ -113,7 +172,15 @@ impl RunSummary {
             s.truncated_rows,
             self.wall_s,
             self.tokens_per_s
-        )
+        );
+        if let Some(reason) = &self.dtype_reason {
+            line.push_str(&format!("\ndtype {} ({reason})", self.dtype));
+        }
+        if let Some(lengths) = &self.token_lengths {
+            line.push('\n');
+            line.push_str(&lengths.line(self.max_length));
+        }
+        line
     }
 
     /// The summary of `skyscore sql`, where `rows` counts every evaluation of the UDFs.
@@ -137,7 +204,7 @@ impl RunSummary {
     /// work, and the score distribution of each function (`skyscore sql`, cluster executors).
     pub fn of_service(service: &ScoringService, engine: &ResolvedEngine, wall_s: f64) -> Self {
         let stats = service.stats();
-        let mut summary = RunSummary::new(&engine.model, &engine.options);
+        let mut summary = RunSummary::new(engine);
         summary.rows = stats.rows;
         summary.cache_hits = stats.cache_hits;
         summary.stats = stats.model;

@@ -195,3 +195,42 @@ fn scripts_create_copy_and_query_files_by_path() {
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(stdout.lines().any(|l| l == "5,5"), "{stdout}");
 }
+
+/// `skyscore sql` batches rows as its partitions deliver them, `skyscore score` by windows of
+/// the file: a row's score is the same bits either way, in f32 and in bf16.
+#[test]
+fn sql_and_score_give_the_same_bits() {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{Float32Type, Int64Type};
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let read = |path: &Path| -> Vec<(i64, u32)> {
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap().build().unwrap();
+        let mut rows = Vec::new();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let (ids, scores) =
+                (batch.column(0).as_primitive::<Int64Type>(), batch.column(1).as_primitive::<Float32Type>());
+            rows.extend((0..batch.num_rows()).map(|i| (ids.value(i), scores.value(i).to_bits())));
+        }
+        rows.sort();
+        rows
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let input = repo().join("sample_data/sft_sample.parquet");
+    for dtype in ["f32", "bf16"] {
+        let (from_score, from_sql) =
+            (dir.path().join(format!("score-{dtype}.parquet")), dir.path().join("sql.parquet"));
+        let run = score(&model(), &input, &from_score, &["--dtype", dtype, "--no-store", "--batch-size", "5"]);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let copy = format!(
+            "COPY (SELECT id, skywork_score(instruction, input, output) AS score FROM sft) TO '{}' STORED AS PARQUET",
+            p(&from_sql)
+        );
+        let run = skyscore(&["sql", "--model", &model(), "--dtype", dtype, "--no-store", "-t", &sample(), &copy]);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let (a, b) = (read(&from_score), read(&from_sql));
+        assert_eq!(a.len(), 320);
+        assert_eq!(a, b, "{dtype}: score and sql give the same bits");
+    }
+}

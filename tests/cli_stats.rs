@@ -166,3 +166,57 @@ fn bad_stats_and_plot_requests_fail_before_any_work() {
     let run = skyscore(&["stats", p(&input), "--keep-top", "120"]);
     assert!(stderr(&run).contains("a percentage must be in (0, 100]"), "{}", stderr(&run));
 }
+
+/// Token lengths in view: the summary, `--stats-json` and `skyscore stats` give the lengths,
+/// the truncated rows and the most tokens cut; past 1% truncated, a `--max-length` that keeps
+/// 99% whole is suggested, and `--plot-lengths` draws the lengths.
+#[test]
+fn token_lengths_and_truncation_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = repo().join("sample_data/sft_sample.parquet");
+    let (out, stats, png) = (dir.path().join("s.parquet"), dir.path().join("stats.json"), dir.path().join("l.png"));
+    let args = ["--max-length", "256", "--keep-columns", "--stats-json", p(&stats), "--plot-lengths", p(&png)];
+    let run = score(&tiny_llama(), &input, &out, &args);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let lengths = &json(&stats)["token_lengths"];
+    let truncated = lengths["truncated_rows"].as_u64().unwrap();
+    assert!(truncated > 3, "{lengths}");
+    assert!(lengths["max"].as_u64().unwrap() > 256, "lengths before truncation: {lengths}");
+    assert!(lengths["max_tokens_cut"].as_u64().unwrap() >= lengths["max"].as_u64().unwrap() - 256, "{lengths}");
+    let suggested = lengths["suggested_max_length"].as_u64().unwrap();
+    assert!(suggested > 256 && suggested % 256 == 0, "{lengths}");
+    let err = stderr(&run);
+    assert!(err.contains(&format!("{truncated} of 320 rows")), "{err}");
+    assert!(err.contains(&format!("--max-length {suggested} would keep 99% of them whole")), "{err}");
+    assert_eq!(png_size(&png), (1200, 720));
+
+    // Read back from the scored file: the counts, the cut lengths (full lengths are not in it).
+    let stats2 = dir.path().join("stats2.json");
+    let run = skyscore(&["stats", p(&out), "--stats-json", p(&stats2), "--plot-lengths", p(&dir.path().join("l.svg"))]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let back = &json(&stats2)["token_lengths"];
+    assert_eq!(back["truncated_rows"].as_u64(), Some(truncated));
+    assert_eq!(back["max"].as_u64(), Some(256));
+    assert_eq!(back["max_tokens_cut"], serde_json::Value::Null);
+    assert!(stderr(&run).contains("of unknown full length"), "{}", stderr(&run));
+
+    // With every row whole, no warning.
+    let run = score(&tiny_llama(), &input, &dir.path().join("w.jsonl"), &[]);
+    assert!(run.status.success() && !stderr(&run).contains("warning"), "{}", stderr(&run));
+}
+
+/// `--dtype auto` says what it took and why.
+#[test]
+fn auto_dtype_says_what_it_chose() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = repo().join("sample_data/sft_sample.jsonl");
+    let stats = dir.path().join("s.json");
+    let run =
+        score(&tiny_llama(), &input, &dir.path().join("o.jsonl"), &["--dtype", "auto", "--stats-json", p(&stats)]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let s = json(&stats);
+    let (dtype, reason) = (s["dtype"].as_str().unwrap(), s["dtype_reason"].as_str().unwrap());
+    let kernel = std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.contains("avx512_bf16"));
+    assert_eq!(dtype, if kernel { "bf16" } else { "f32" }, "{reason}");
+    assert!(reason.starts_with("auto: ") && stderr(&run).contains(reason), "{}", stderr(&run));
+}

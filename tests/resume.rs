@@ -230,14 +230,13 @@ fn sql_copy_resumes_after_kill_9() {
     assert!(temporary_files(dir.path()).is_empty());
 }
 
-/// The same rows with the same scores, to f32 rounding: a row's score does not depend on its
-/// batch mates, but the padded width of its batch changes the order of a few f32 sums, and a
-/// resumed run batches the remaining rows differently (seen: ≤ 7.2e-7).
+/// The same rows with the same scores, bit for bit: a row's score does not depend on how its
+/// batch was formed, and a resumed run batches the remaining rows differently.
 fn assert_same_scores(resumed: &[(i64, f32)], full: &[(i64, f32)]) {
     assert_eq!(resumed.len(), full.len());
     for ((id, a), (full_id, b)) in resumed.iter().zip(full) {
         assert_eq!(id, full_id, "same rows in the same order");
-        assert!((a - b).abs() <= 1e-6, "id {id}: resumed {a} vs uninterrupted {b}");
+        assert_eq!(a.to_bits(), b.to_bits(), "id {id}: resumed {a} vs uninterrupted {b}");
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`stats`]: [`ScoreStats`], the one set of run figures every report embeds.
 //! - [`distribution`]: the distribution of a run's scores (quantiles, histogram), streaming.
 //! - [`distinct`]: [`Distinct`], deduplication of conversations by content hash.
+//! - [`lengths`]: [`TokenLengths`], the rows' token lengths and what truncation cost them.
 //! - [`facts`]: [`ModelFacts`], what a score depends on besides the conversation.
 //!
 //! It must not depend on DataFusion, Arrow, Ballista, candle or tokenizers; it holds no
@@ -18,6 +19,7 @@ pub mod conversation;
 pub mod distinct;
 pub mod distribution;
 pub mod facts;
+pub mod lengths;
 pub mod scorer;
 pub mod stats;
 
@@ -25,5 +27,6 @@ pub use conversation::{conversation_key, ChatTurn, Conversation, ConversationKey
 pub use distinct::Distinct;
 pub use distribution::{DistributionSummary, ScoreDistribution};
 pub use facts::ModelFacts;
+pub use lengths::{LengthSummary, TokenLengths};
 pub use scorer::{RowResult, RowScore, Scored, Scorer, ScorerError};
 pub use stats::ScoreStats;

@@ -13,6 +13,9 @@ pub struct RowScore {
     pub tokens: u32,
     /// The conversation was longer than max_length and lost tokens.
     pub truncated: bool,
+    /// Tokens of the whole conversation before truncation, when known: the score store keeps
+    /// `tokens` and `truncated` only, so a truncated row answered by the store has `None`.
+    pub full_tokens: Option<u32>,
 }
 
 /// A row's score, or why this row (and only this row) cannot be scored: its prompt does not

@@ -57,6 +57,8 @@ pub struct Encoded {
     pub ids: Vec<u32>,
     /// True when the row was longer than `max_length` and lost tokens.
     pub truncated: bool,
+    /// Tokens of the whole row before truncation.
+    pub full_tokens: usize,
 }
 
 pub struct PromptEncoder {
@@ -144,10 +146,10 @@ impl PromptEncoder {
         let tokenize = |t: &Tokenizer| t.encode(text, true).map_err(|e| EncodeError::Tokenizer(e.to_string()));
         let full = tokenize(&self.tokenizer)?;
         if full.len() <= self.max_length {
-            return Ok(Encoded { ids: full.get_ids().to_vec(), truncated: false });
+            return Ok(Encoded { ids: full.get_ids().to_vec(), truncated: false, full_tokens: full.len() });
         }
         // Over-long rows are tokenized again by the truncating tokenizer rather than cut here,
         // so special tokens added by the post-processor end up where transformers puts them.
-        Ok(Encoded { ids: tokenize(&self.truncating)?.get_ids().to_vec(), truncated: true })
+        Ok(Encoded { ids: tokenize(&self.truncating)?.get_ids().to_vec(), truncated: true, full_tokens: full.len() })
     }
 }

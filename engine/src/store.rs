@@ -71,11 +71,15 @@ fn encode(r: &RowScore) -> [u8; 9] {
     v
 }
 
+/// The store keeps what the model read; a row that was not truncated read all of itself.
 fn decode(v: [u8; 9]) -> RowScore {
+    let tokens = u32::from_le_bytes(v[4..8].try_into().expect("4 bytes"));
+    let truncated = v[8] != 0;
     RowScore {
         score: f32::from_le_bytes(v[..4].try_into().expect("4 bytes")),
-        tokens: u32::from_le_bytes(v[4..8].try_into().expect("4 bytes")),
-        truncated: v[8] != 0,
+        tokens,
+        truncated,
+        full_tokens: (!truncated).then_some(tokens),
     }
 }
 
@@ -223,7 +227,8 @@ mod tests {
     use super::*;
 
     fn row(score: f32) -> RowScore {
-        RowScore { score, tokens: 7, truncated: score < 0.0 }
+        let truncated = score < 0.0;
+        RowScore { score, tokens: 7, truncated, full_tokens: (!truncated).then_some(7) }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use skyscore_engine::device::DeviceList;
 use skyscore_engine::encode::TruncationSide;
 use skyscore_engine::EngineOptions;
 
-use crate::run::ResolvedEngine;
+use crate::run::{DtypeChoice, ResolvedEngine};
 use skyscore_engine::models::Dtype;
 
 #[derive(Debug, Clone, Args)]
@@ -47,12 +47,13 @@ pub struct EngineArgs {
     /// batches spread over them). [default: cuda:0 in a CUDA build when a GPU is visible, else cpu]
     #[arg(long)]
     pub device: Option<DeviceList>,
-    /// Weight and compute dtype: f32, f16 or bf16. On a CPU with AVX512-BF16, bf16 runs the
-    /// linear layers through skyscore's bf16 kernel and the rest in f32 (about 2× f32's speed,
-    /// scores within ~0.05 of f32); on other CPUs, f32 is the faster choice.
-    /// [default: f32 on CPU, bf16 on CUDA]
-    #[arg(long)]
-    pub dtype: Option<Dtype>,
+    /// Weight and compute dtype: auto, f32, f16 or bf16. On a CPU with AVX512-BF16, bf16 runs
+    /// the linear layers through skyscore's bf16 kernel and the rest in f32 (about 2× f32's
+    /// speed, scores within ~0.02 of f32); on other CPUs, bf16 runs bf16-rounded weights at
+    /// f32's speed. auto takes bf16 on GPUs and AVX512-BF16 CPUs, f32 elsewhere, and the
+    /// summary says which it took. [default: f32 on CPU, bf16 on CUDA]
+    #[arg(long, value_name = "DTYPE")]
+    pub dtype: Option<DtypeChoice>,
     /// The persistent score store: every score is kept there, so a rerun (after a crash, a
     /// Ctrl-C, or of another query) runs the model only on rows it has never scored with this
     /// model. [default: $SKYSCORE_STORE, else ~/.cache/skyscore/scores.redb]
@@ -86,7 +87,8 @@ impl EngineArgs {
             (Some(list), _) | (None, Some(list)) => list.clone(),
             (None, None) => DeviceList::default_for_build(),
         };
-        let dtype = self.dtype.or(cfg.dtype).unwrap_or(Dtype::default_for(devices.on_gpu()));
+        let choice = self.dtype.or(cfg.dtype).unwrap_or(DtypeChoice::Fixed(Dtype::default_for(devices.on_gpu())));
+        let (dtype, dtype_reason) = choice.resolve(devices.on_gpu());
         Ok(ResolvedEngine {
             model: self.model.clone().unwrap_or(cfg.model),
             options: EngineOptions {
@@ -102,6 +104,7 @@ impl EngineArgs {
                 stop: Some(crate::interrupt::stop_flag()),
                 ..Default::default()
             },
+            dtype_reason,
         })
     }
 }

@@ -11,13 +11,13 @@ use clap::Args;
 use datafusion::arrow::array::{ArrayRef, BooleanArray, Float32Array, UInt32Array, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use skyscore_core::{Conversation, RowScore, ScoreDistribution, ScoreRequest, Scored};
+use skyscore_core::{Conversation, RowScore, ScoreDistribution, ScoreRequest, Scored, TokenLengths};
 
 use super::distribution::{render, DETAILED_BINS, TERMINAL_BINS};
 use super::engine_args::EngineArgs;
 use super::progress::Progress;
 use crate::io::{open_input, ColumnNames, OutputWriter, SftColumns};
-use crate::plot::write_histogram;
+use crate::plot::{write_histogram, Measure};
 use crate::run::{check_report_paths, RunSummary};
 use skyscore_engine::{ConversationChunk, Engine};
 
@@ -63,6 +63,10 @@ pub struct ScoreArgs {
     /// Draw the histogram of the scores, quantiles marked, to FILE.svg or FILE.png.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+    /// Draw the histogram of the rows' token lengths before truncation, quantiles marked, to
+    /// FILE.svg or FILE.png (to choose a --max-length).
+    #[arg(long, value_name = "FILE")]
+    pub plot_lengths: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -72,6 +76,9 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     let started = Instant::now();
     let resolved = args.engine.resolve()?;
     check_report_paths(args.stats_json.as_deref(), args.plot.as_deref())?;
+    if let Some(path) = &args.plot_lengths {
+        crate::plot::check_plot_path(path)?;
+    }
     let names = ColumnNames {
         instruction: args.instruction_column.clone(),
         input: args.input_column.clone(),
@@ -87,11 +94,12 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     let out_schema = output_schema(&input.schema, id_column.as_deref(), args.keep_columns)?;
 
     let engine = Engine::load(&resolved.model, &resolved.options)?;
-    let mut summary = RunSummary::new(&resolved.model, &resolved.options);
+    let mut summary = RunSummary::new(&resolved);
     summary.load_s = Some(started.elapsed().as_secs_f64());
     let mut writer = OutputWriter::create(&args.output, out_schema.clone(), engine.metadata())?;
     let progress = Progress::new(input.num_rows, !args.no_progress);
     let mut distribution = ScoreDistribution::new();
+    let mut lengths = TokenLengths::new();
 
     let (mut first_row, names) = (0, &names);
     let windows = input.batches.map(move |batch| {
@@ -103,7 +111,10 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     let result = engine
         .score_chunks(windows, &on_batch, |window, scored| {
             let rows = apply_row_policy(&window, id_column.as_deref(), scored, args.skip_invalid, &mut summary)?;
-            rows.iter().flatten().for_each(|r| distribution.add(r.score as f64));
+            for row in rows.iter().flatten() {
+                distribution.add(row.score as f64);
+                lengths.add(row);
+            }
             progress.advance(rows.iter().filter(|r| r.is_none()).count(), 0);
             let out = build_output(&out_schema, &window, id_column.as_deref(), &rows, args.keep_columns)?;
             writer.write(&out)
@@ -127,12 +138,17 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     summary.skipped_rows += crate::io::jsonl::skipped(&skipped_lines);
     summary.finish(started.elapsed().as_secs_f64());
     summary.distribution = distribution.summary(DETAILED_BINS);
+    summary.token_lengths = lengths.summary(engine.checkpoint().arch.max_positions());
     eprintln!("{}", summary.line());
     if let Some(s) = distribution.summary(TERMINAL_BINS) {
         eprint!("{}", render("scores", &s));
     }
     if let (Some(path), Some(s)) = (&args.plot, &summary.distribution) {
-        write_histogram(path, s, &format!("{} · {} rows scored", resolved.model, s.count))?;
+        write_histogram(path, s, &format!("{} · {} rows scored", resolved.model, s.count), Measure::Scores)?;
+    }
+    if let (Some(path), Some(s)) = (&args.plot_lengths, lengths.distribution(DETAILED_BINS)) {
+        let title = format!("{} · {} rows · max_length {}", resolved.model, s.count, resolved.options.max_length);
+        write_histogram(path, &s, &title, Measure::Tokens)?;
     }
     if let Some(path) = &args.stats_json {
         summary.write_json(path)?;

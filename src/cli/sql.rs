@@ -18,7 +18,7 @@ use skyscore_udf::ScoringService;
 
 use super::distribution::{render, TERMINAL_BINS};
 use super::engine_args::EngineArgs;
-use crate::plot::write_histogram;
+use crate::plot::{write_histogram, Measure};
 use crate::run::{check_report_paths, RunSummary};
 use crate::sql::output::{copies_scores, run_statements, tidy_cluster_error, tidy_signature_error, write_query};
 use crate::sql::session::{new_session, register_table, set_parquet_metadata};
@@ -111,7 +111,8 @@ pub fn run(args: SqlArgs) -> Result<()> {
         let several = summary.score_by_function.len() > 1;
         for (function, s) in &summary.score_by_function {
             let file = if several { suffixed(path, function) } else { path.clone() };
-            write_histogram(&file, s, &format!("{} · {function} · {} rows scored", resolved.model, s.count))?;
+            let title = format!("{} · {function} · {} rows scored", resolved.model, s.count);
+            write_histogram(&file, s, &title, Measure::Scores)?;
         }
     }
     if let Some(path) = &args.stats_json {

@@ -1,19 +1,19 @@
-//! `skyscore stats`: the score distribution of a file scored earlier, and what a threshold
-//! would keep.
+//! `skyscore stats`: the score distribution of a file scored earlier, what a threshold would
+//! keep, and (for files written with `--keep-columns`) the rows' token lengths.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
-use datafusion::arrow::datatypes::{DataType, Float64Type};
+use datafusion::arrow::datatypes::{DataType, Float64Type, UInt32Type};
 use serde::Serialize;
-use skyscore_core::{DistributionSummary, ScoreDistribution};
+use skyscore_core::{DistributionSummary, LengthSummary, RowScore, ScoreDistribution, TokenLengths};
 
 use super::distribution::{render, DETAILED_BINS, TERMINAL_BINS};
 use crate::io::open_input;
-use crate::plot::write_histogram;
+use crate::plot::{write_histogram, Measure};
 use crate::run::check_report_paths;
 
 #[derive(Debug, Args)]
@@ -39,6 +39,10 @@ pub struct StatsArgs {
     /// Draw the histogram, quantiles marked, to FILE.svg or FILE.png.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+    /// Draw the histogram of the rows' token lengths to FILE.svg or FILE.png (files written
+    /// with --keep-columns, which carry `num_tokens` and `truncated`).
+    #[arg(long, value_name = "FILE")]
+    pub plot_lengths: Option<PathBuf>,
     /// Write the figures as JSON.
     #[arg(long)]
     pub stats_json: Option<PathBuf>,
@@ -66,6 +70,10 @@ struct StatsReport {
     keep_above: Option<KeepAbove>,
     #[serde(skip_serializing_if = "Option::is_none")]
     keep_top: Option<KeepTop>,
+    /// From the `num_tokens` and `truncated` columns, when the file has them (the token count of
+    /// a truncated row is what the model read: its full length is not in the file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_lengths: Option<LengthSummary>,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,10 +103,22 @@ pub fn run(args: StatsArgs) -> Result<()> {
     }
     let model = input.schema.metadata().get(skyscore_core::facts::keys::MODEL).cloned();
 
+    let has_lengths = ["num_tokens", "truncated"].iter().all(|c| input.schema.field_with_name(c).is_ok());
+    if args.plot_lengths.is_some() && !has_lengths {
+        bail!("{file}: --plot-lengths needs the columns num_tokens and truncated (score with --keep-columns)");
+    }
+    if let Some(path) = &args.plot_lengths {
+        crate::plot::check_plot_path(path)?;
+    }
+    let max_length = input.schema.metadata().get(skyscore_core::facts::keys::MAX_LENGTH).and_then(|v| v.parse().ok());
     let mut distribution = ScoreDistribution::new();
+    let mut lengths = TokenLengths::new();
     let (mut rows, mut nulls, mut above) = (0, 0, 0);
     for batch in input.batches {
         let batch = batch?;
+        if has_lengths {
+            add_lengths(&batch, &mut lengths).with_context(|| format!("{file}: columns num_tokens, truncated"))?;
+        }
         let column = batch.column_by_name(&args.column).with_context(|| format!("{file}: column vanished"))?;
         let scores = cast(column, &DataType::Float64)?;
         let scores = scores.as_primitive::<Float64Type>();
@@ -126,6 +146,7 @@ pub fn run(args: StatsArgs) -> Result<()> {
         distribution: summary.clone(),
         keep_above: args.keep_above.map(|threshold| KeepAbove { threshold, rows: above }),
         keep_top,
+        token_lengths: lengths.summary(None),
     };
 
     eprintln!("{file}: {rows} rows, {nulls} without a score");
@@ -144,14 +165,41 @@ pub fn run(args: StatsArgs) -> Result<()> {
     if let Some(k) = &report.keep_top {
         eprintln!("--keep-top {}%: keeps {} rows, those scoring ≥ {:.4}", k.percent, k.rows, k.threshold);
     }
+    if let Some(l) = &report.token_lengths {
+        eprintln!("{}", l.line(max_length.unwrap_or(l.max as usize)));
+    }
+    if let (Some(path), Some(s)) = (&args.plot_lengths, lengths.distribution(DETAILED_BINS)) {
+        write_histogram(
+            path,
+            &s,
+            &format!("{} · {} rows", model.as_deref().unwrap_or(&file), s.count),
+            Measure::Tokens,
+        )?;
+        eprintln!("plot: {}", path.display());
+    }
     if let (Some(path), Some(s)) = (&args.plot, &summary) {
         let title = format!("{} · {} scores", model.as_deref().unwrap_or(&file), s.count);
-        write_histogram(path, s, &title)?;
+        write_histogram(path, s, &title, Measure::Scores)?;
         eprintln!("plot: {}", path.display());
     }
     if let Some(path) = &args.stats_json {
         std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Adds the rows of a scored batch to `lengths` (rows without a token count, skipped rows, are
+/// left out).
+fn add_lengths(batch: &RecordBatch, lengths: &mut TokenLengths) -> Result<()> {
+    let tokens = cast(batch.column_by_name("num_tokens").context("no num_tokens")?, &DataType::UInt32)?;
+    let truncated = cast(batch.column_by_name("truncated").context("no truncated")?, &DataType::Boolean)?;
+    let (tokens, truncated) = (tokens.as_primitive::<UInt32Type>(), truncated.as_boolean());
+    for (tokens, truncated) in tokens.iter().zip(truncated.iter()) {
+        if let (Some(tokens), Some(truncated)) = (tokens, truncated) {
+            let full_tokens = (!truncated).then_some(tokens);
+            lengths.add(&RowScore { score: 0.0, tokens, truncated, full_tokens });
+        }
     }
     Ok(())
 }

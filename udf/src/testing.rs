@@ -48,7 +48,8 @@ impl Scorer for FakeScorer {
                 if c.iter().any(|t| t.content == Self::BAD) {
                     Err(Self::BAD_REASON.to_string())
                 } else {
-                    Ok(RowScore { score: Self::score_of(c), tokens: c.len() as u32, truncated: false })
+                    let tokens = c.len() as u32;
+                    Ok(RowScore { score: Self::score_of(c), tokens, truncated: false, full_tokens: Some(tokens) })
                 }
             })
             .collect();

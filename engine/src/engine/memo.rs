@@ -228,7 +228,7 @@ mod tests {
     }
 
     fn score(s: f32) -> RowScore {
-        RowScore { score: s, tokens: 3, truncated: false }
+        RowScore { score: s, tokens: 3, truncated: false, full_tokens: Some(3) }
     }
 
     #[test]

@@ -294,7 +294,12 @@ impl Engine {
         let ids: Vec<&[u32]> = valid.iter().map(|(_, e)| e.ids.as_slice()).collect();
         let row_score = |k: usize, score: f32| {
             let enc = valid[k].1;
-            score.is_finite().then_some(RowScore { score, tokens: enc.ids.len() as u32, truncated: enc.truncated })
+            score.is_finite().then_some(RowScore {
+                score,
+                tokens: enc.ids.len() as u32,
+                truncated: enc.truncated,
+                full_tokens: Some(enc.full_tokens as u32),
+            })
         };
         let mut commit = |batch: &[usize], logits: &[f32], batch_stats: &ScoreStats| {
             let rows: Vec<(ConversationKey, RowScore)> = batch
