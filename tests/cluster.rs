@@ -77,8 +77,11 @@ struct Cluster {
 impl Cluster {
     /// A scheduler and `n` executors serving tiny-llama, each running one task at a time.
     fn start(dir: &Path, n: usize) -> Self {
+        // Ballista's and DataFusion's scratch files go under `dir`, removed with it even when
+        // the processes are killed.
         let mut scheduler = common::command()
             .args(["cluster", "scheduler", "--bind", "127.0.0.1:0", "--executor-timeout", "3"])
+            .env("TMPDIR", dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -103,6 +106,8 @@ impl Cluster {
                     .args(["--bind", &format!("127.0.0.1:{}", free_port())])
                     .args(["--grpc-port", &free_port().to_string()])
                     .args(["--concurrent-tasks", "1", "--heartbeat-interval", "1"])
+                    .args(["--work-dir", p(&dir.join(format!("executor{i}-work")))])
+                    .env("TMPDIR", dir)
                     .args(["--model", p(&model_dir("tiny-llama")), "--no-store", "--stats-json", p(&stats)])
                     .env("RUST_LOG", "warn,ballista_executor=info")
                     .stdout(Stdio::null())
@@ -316,6 +321,7 @@ fn a_query_survives_an_executor_killed_while_it_scores() {
     let cluster = Cluster::start(dir.path(), 2);
     let model = model_dir("tiny-llama");
     let client = common::command()
+        .env("TMPDIR", dir.path())
         .args(["sql", "--cluster", &cluster.url, "--model", p(&model), "-t", &format!("sft={}", p(&table))])
         .args(["--format", "csv", &format!("SELECT count(*), count(DISTINCT id), count({SCORE}) FROM sft")])
         .stdout(Stdio::piped())

@@ -70,12 +70,14 @@ fn two_runs_writing_one_output_never_mix_their_rows() {
     let out = dir.path().join("out.jsonl");
     let spawn = |input: &Path| {
         let mut run = common::command();
-        run.args(["score", "--model", &tiny_llama(), "--input", p(input), "--output", p(&out), "--no-store"])
+        let child = run
+            .args(["score", "--model", &tiny_llama(), "--input", p(input), "--output", p(&out), "--no-store"])
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .unwrap()
+            .unwrap();
+        (child, run)
     };
-    let (ra, rb) = (spawn(&a), spawn(&b));
+    let ((ra, _a), (rb, _b)) = (spawn(&a), spawn(&b));
     for child in [ra, rb] {
         let o = child.wait_with_output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

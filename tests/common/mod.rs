@@ -11,8 +11,8 @@ use std::process::{Command, Output};
 pub use fixtures::*;
 
 /// A `skyscore` command that cannot reach the user's files or the network by accident: a
-/// score store, an HF cache and a cache folder of its own, in a temporary folder removed when
-/// this is dropped, and `HF_HUB_OFFLINE=1`. Tests of the store pass `--store`; tests of the hub
+/// score store, an HF cache, a cache folder and a `TMPDIR` of its own, in a temporary folder
+/// removed when this is dropped (keep it until the process ends), and `HF_HUB_OFFLINE=1`. Tests of the store pass `--store`; tests of the hub
 /// set `HF_HOME` and `HF_HUB_OFFLINE` themselves. Derefs to the `Command`.
 pub struct Isolated {
     command: Command,
@@ -41,8 +41,11 @@ impl std::ops::DerefMut for Isolated {
 
 pub fn command() -> Isolated {
     let dir = tempfile::Builder::new().prefix("skyscore-test-").tempdir().expect("a temporary folder");
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).expect("a temporary folder");
     let mut command = Command::new(env!("CARGO_BIN_EXE_skyscore"));
     command
+        .env("TMPDIR", &tmp)
         .env("SKYSCORE_STORE", dir.path().join("scores.redb"))
         .env("HF_HOME", dir.path().join("hf"))
         .env_remove("HF_HUB_CACHE")

@@ -115,8 +115,8 @@ async fn a_conjunction_runs_its_cheap_part_before_the_model() {
 
 /// A session like Ballista's (no round-robin repartition) over `t` written as a Parquet file:
 /// nothing stands between the filter and the file scan.
-async fn parquet_session(with_rules: bool) -> (SessionContext, Arc<FakeScorer>) {
-    let path = std::env::temp_dir().join(format!("skyscore-plan-{}-{with_rules}.parquet", std::process::id()));
+async fn parquet_session(dir: &std::path::Path, with_rules: bool) -> (SessionContext, Arc<FakeScorer>) {
+    let path = dir.join(format!("t-{with_rules}.parquet"));
     let (ctx, _) = session(false);
     ctx.sql(&format!("COPY t TO '{}' STORED AS PARQUET", path.display())).await.unwrap().collect().await.unwrap();
     let config = SessionConfig::new().with_target_partitions(1).with_round_robin_repartition(false);
@@ -133,7 +133,8 @@ async fn parquet_session(with_rules: bool) -> (SessionContext, Arc<FakeScorer>) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_model_stays_out_of_file_scans_below_a_filter() {
-    let (ctx, fake) = parquet_session(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, fake) = parquet_session(dir.path(), true).await;
     let df = ctx.sql(FILTERED).await.unwrap();
     let text = displayable(df.clone().create_physical_plan().await.unwrap().as_ref()).indent(true).to_string();
     assert!(operator_line(&text, "skywork_score") < operator_line(&text, "FilterExec"), "{text}");
@@ -142,7 +143,7 @@ async fn the_model_stays_out_of_file_scans_below_a_filter() {
     assert_eq!((rows, fake.rows_scored()), (7, 7));
 
     // DataFusion alone merges the scoring projection into the scan, below the filter.
-    let (ctx, fake) = parquet_session(false).await;
+    let (ctx, fake) = parquet_session(dir.path(), false).await;
     let df = ctx.sql(FILTERED).await.unwrap();
     let text = displayable(df.clone().create_physical_plan().await.unwrap().as_ref()).indent(true).to_string();
     assert!(operator_line(&text, "DataSourceExec") == operator_line(&text, "skywork_score"), "{text}");
