@@ -16,6 +16,13 @@ PY="${2:-/var/tmp/skyscore-py/venv/bin/python}"
 WORK=/var/tmp/skyscore-bench
 ROWS="${ROWS:-128}"
 mkdir -p "$WORK" bench/results
+# Results are kept per CPU class: the kernels differ between them.
+if grep -qw avx512_bf16 /proc/cpuinfo; then CPU_CLASS=avx512bf16
+elif grep -qw avx512f /proc/cpuinfo; then CPU_CLASS=avx512
+elif grep -qw avx2 /proc/cpuinfo; then CPU_CLASS=avx2
+else CPU_CLASS=other; fi
+CPU_NAME=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
+export CPU_CLASS CPU_NAME
 QWEN_ROWS="${QWEN_ROWS:-32}"
 [ -f "$WORK/llama-bench/config.json" ] || "$PY" bench/make_bench_model.py --out "$WORK/llama-bench"
 # The Qwen3-0.6B shape needs the real Qwen3 tokenizer (../shared/tokenizers/qwen3); MODELS=... skips it.
@@ -56,7 +63,8 @@ pys = json.loads(open(f"{work}/python-sorted-{tag}.err").read().strip().splitlin
 a = [json.loads(l)["score"] for l in open(f"{work}/sky-{tag}.jsonl")]
 b = [json.loads(l)["score"] for l in open(f"{work}/py-{tag}.jsonl")]
 delta = max(abs(x - y) for x, y in zip(a, b))
-res = {"model": tag, "rows": sky["rows"], "tokens": sky["tokens"],
+import os
+res = {"model": tag, "cpu_class": os.environ["CPU_CLASS"], "cpu": os.environ["CPU_NAME"], "rows": sky["rows"], "tokens": sky["tokens"],
        "skyscore_tokens_per_s": round(sky["tokens_per_s"]), "skyscore_wall_s": round(sky["wall_s"], 2),
        "python_input_order_tokens_per_s": round(py["tokens_per_s"]), "python_input_order_wall_s": round(py["wall_s"], 2),
        "python_sorted_tokens_per_s": round(pys["tokens_per_s"]), "python_sorted_wall_s": round(pys["wall_s"], 2),
@@ -68,7 +76,7 @@ res = {"model": tag, "rows": sky["rows"], "tokens": sky["tokens"],
        "python_sorted_score_s": round(pys["score_s"], 2),
        "ratio_vs_sorted_scoring_time": round(pys["score_s"] / sky["model_s"], 2)}
 print(json.dumps(res, indent=1))
-json.dump(res, open(f"bench/results/cpu-{tag}.json", "w"), indent=1)
+json.dump(res, open(f"bench/results/cpu-{tag}-{os.environ['CPU_CLASS']}.json", "w"), indent=1)
 PYEOF
   [ "${BF16:-1}" = 1 ] || continue
   run "skyscore-bf16-$tag" "$BIN" score --model "$model" --input "$rows" --output "$WORK/sky16-$tag.jsonl" \
@@ -83,7 +91,8 @@ sky = json.load(open(f"{work}/sky16-{tag}.stats.json"))
 pys = json.loads(open(f"{work}/python-sorted-bf16-{tag}.err").read().strip().splitlines()[-1])
 scores = lambda name: {json.dumps(r["id"]): r["score"] for r in map(json.loads, open(f"{work}/{name}.jsonl"))}
 f32, sky16, py16 = scores(f"py-{tag}"), scores(f"sky16-{tag}"), scores(f"pys16-{tag}")
-res = {"model": tag, "rows": sky["rows"], "tokens": sky["tokens"], "cpu_avx512_bf16": has_kernel,
+import os
+res = {"model": tag, "cpu_class": os.environ["CPU_CLASS"], "cpu": os.environ["CPU_NAME"], "rows": sky["rows"], "tokens": sky["tokens"], "cpu_avx512_bf16": has_kernel,
        "skyscore_bf16_tokens_per_s": round(sky["tokens_per_s"]), "skyscore_f32_tokens_per_s": round(sky32["tokens_per_s"]),
        "python_sorted_bf16_tokens_per_s": round(pys["tokens_per_s"]),
        "ratio_vs_python_bf16_sorted": round(sky["tokens_per_s"] / pys["tokens_per_s"], 2),
@@ -96,6 +105,6 @@ res = {"model": tag, "rows": sky["rows"], "tokens": sky["tokens"], "cpu_avx512_b
        "python_sorted_bf16_load_s": round(pys["wall_s"] - pys["score_s"], 2),
        "ratio_vs_python_bf16_sorted_scoring_time": round(pys["score_s"] / sky["model_s"], 2)}
 print(json.dumps(res, indent=1))
-json.dump(res, open(f"bench/results/cpu-{tag}-bf16.json", "w"), indent=1)
+json.dump(res, open(f"bench/results/cpu-{tag}-bf16-{os.environ['CPU_CLASS']}.json", "w"), indent=1)
 PYEOF
 done

@@ -98,11 +98,8 @@ fn round_to_bf16(weights: &Tensor) -> Result<Tensor> {
 #[derive(Debug, Clone)]
 pub enum Proj {
     Dense(Linear),
-    /// CPU f32: the weight kept transposed (`[in, out]`, contiguous), see [`cpu::linear_f32`].
-    CpuF32 {
-        weight_t: Tensor,
-        bias: Option<Tensor>,
-    },
+    /// CPU f32, batch-invariant (see [`cpu::CpuLinear`]).
+    CpuF32(cpu::CpuLinear),
     PackedBf16(Arc<cpu::PackedLinear>),
 }
 
@@ -120,8 +117,7 @@ impl Proj {
             }
         };
         if linear.weight().device().is_cpu() && linear.weight().dtype() == DType::F32 {
-            let weight_t = linear.weight().t()?.contiguous()?;
-            return Ok(Proj::CpuF32 { weight_t, bias: linear.bias().cloned() });
+            return Ok(Proj::CpuF32(cpu::CpuLinear::new(linear)?));
         }
         Ok(Proj::Dense(linear))
     }
@@ -131,7 +127,7 @@ impl Module for Proj {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         match self {
             Proj::Dense(linear) => linear.forward(xs),
-            Proj::CpuF32 { weight_t, bias } => cpu::linear_f32(xs, weight_t, bias.as_ref()),
+            Proj::CpuF32(linear) => linear.forward(xs),
             Proj::PackedBf16(packed) => packed.forward(xs),
         }
     }

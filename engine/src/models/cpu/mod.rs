@@ -119,26 +119,67 @@ pub fn attention_f32(
     Tensor::from_vec(out, (b, heads, rows, d), q.device())
 }
 
-/// `x Wᵀ (+ b)` on CPU in f32 through candle's matmul (the `gemm` crate), in the one form in
-/// which `gemm` gives a row the same bits whatever the other rows: `weight_t` is `Wᵀ` stored
-/// `[in, out]` row-major (with `W` as stored, `[out, in]`, `gemm` picks other kernels for
-/// small products, which sum in another order), and a lone row is computed next to a copy of
-/// itself (`gemm` runs a single row through its matrix-vector path).
-pub fn linear_f32(xs: &Tensor, weight_t: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let (in_dim, out_dim) = weight_t.dims2()?;
-    let mut dims = xs.dims().to_vec();
-    if dims.last() != Some(&in_dim) {
-        candle_core::bail!("linear layer: input {dims:?}, weight of {in_dim} inputs");
+/// `x Wᵀ (+ b)` on CPU in f32 through candle's matmul (the `gemm` crate), held in the one form
+/// in which `gemm` gives a row the same bits whatever the other rows: `Wᵀ` stored `[in, out]`
+/// row-major. With `W` as stored (`Wᵀ` column-major), `gemm` picks other kernels for some
+/// product shapes (small ones, and others seen to differ in the tests), which sum in another
+/// order; and a lone row is computed next to a copy of itself (`gemm` runs a single row through
+/// its matrix-vector path).
+#[derive(Debug, Clone)]
+pub struct CpuLinear {
+    /// `Wᵀ` `[in, out]`, row-major.
+    weight_t: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl CpuLinear {
+    pub fn new(linear: candle_nn::Linear) -> Result<Self> {
+        Ok(Self { weight_t: transpose_f32(linear.weight())?, bias: linear.bias().cloned() })
     }
-    let rows = xs.elem_count() / in_dim.max(1);
-    let x = xs.reshape((rows, in_dim))?;
-    let y = if rows == 1 { Tensor::cat(&[&x, &x], 0)?.matmul(weight_t)?.narrow(0, 0, 1)? } else { x.matmul(weight_t)? };
-    *dims.last_mut().expect("non-empty") = out_dim;
-    let y = y.reshape(dims)?;
-    match bias {
-        Some(b) => y.broadcast_add(b),
-        None => Ok(y),
+
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let (in_dim, out_dim) = self.weight_t.dims2()?;
+        let mut dims = xs.dims().to_vec();
+        if dims.last() != Some(&in_dim) {
+            candle_core::bail!("linear layer: input {dims:?}, weight of {in_dim} inputs");
+        }
+        let rows = xs.elem_count() / in_dim.max(1);
+        let x = xs.reshape((rows, in_dim))?;
+        let w = &self.weight_t;
+        let y = if rows == 1 { Tensor::cat(&[&x, &x], 0)?.matmul(w)?.narrow(0, 0, 1)? } else { x.matmul(w)? };
+        *dims.last_mut().expect("non-empty") = out_dim;
+        let y = y.reshape(dims)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
     }
+}
+
+/// A 2-D f32 matrix transposed into a new row-major one, in 32 × 32 tiles (a strided copy of a
+/// large weight reads memory in the worst order: seconds at load for a 0.6B model).
+fn transpose_f32(w: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    const TILE: usize = 32;
+    let (rows, cols) = w.dims2()?;
+    let w = w.to_dtype(candle_core::DType::F32)?.contiguous()?;
+    let (storage, layout) = w.storage_and_layout();
+    let src = cpu_f32(&storage, layout)?;
+    let mut out = vec![0f32; rows * cols];
+    // Each task writes TILE rows of the result (TILE columns of the source).
+    out.par_chunks_mut(TILE * rows).enumerate().for_each(|(block, dst)| {
+        let c0 = block * TILE;
+        let width = dst.len() / rows;
+        for r0 in (0..rows).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                let row = &src[r * cols + c0..r * cols + c0 + width];
+                for (c, v) in row.iter().enumerate() {
+                    dst[c * rows + r] = *v;
+                }
+            }
+        }
+    });
+    Tensor::from_vec(out, (cols, rows), w.device())
 }
 
 /// The reward head on CPU in f32: `rows` `[b, hidden]` · `weight` `[1, hidden]` → `[b]`, each
@@ -213,15 +254,18 @@ mod tests {
     #[test]
     fn a_row_of_a_linear_layer_is_the_same_bits_in_any_batch() {
         let device = candle_core::Device::Cpu;
-        for (k, n) in [(64, 64), (64, 32), (160, 64), (64, 160), (1024, 3072)] {
+        for (k, n) in [(64, 64), (64, 32), (160, 64), (64, 160), (1024, 3072), (3072, 1024), (1024, 1)] {
             let weight = Tensor::from_vec(values(k * n, 2), (n, k), &device).unwrap();
-            let weight_t = weight.t().unwrap().contiguous().unwrap();
+            let linear = CpuLinear::new(candle_nn::Linear::new(weight.clone(), None)).unwrap();
+            let expected: Vec<f32> = weight.t().unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let transposed: Vec<f32> = linear.weight_t.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(transposed, expected, "{k} × {n} transposed");
             let row = values(k, 1);
             let first_row = |b: usize, t: usize| -> Vec<u32> {
                 let mut x = row.clone();
                 x.extend(values((b * t - 1) * k, 3));
                 let x = Tensor::from_vec(x, (b, t, k), &device).unwrap();
-                let y = linear_f32(&x, &weight_t, None).unwrap().flatten_all().unwrap();
+                let y = linear.forward(&x).unwrap().flatten_all().unwrap();
                 y.narrow(0, 0, n).unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
             };
             let alone = first_row(1, 1);
