@@ -213,7 +213,7 @@ fn half_precision_scores_stay_close() {
     use skyscore_engine::engine::ComputePath;
     // Measured max |Δ| over the 338 fixture rows (tiny-llama / tiny-qwen3); each bound is about
     // 1.5× the larger. AVX2-only EPYC, 2026-12-05: f16 through candle 3.0e-3 / 3.1e-3 → 5e-3,
-    // bf16 through candle 1.8e-2 / 2.6e-2 → 4e-2, bf16-rounded weights in f32 6.9e-3 / 7.0e-3
+    // bf16 through candle 1.8e-2 / 2.6e-2 → 4e-2, bf16-rounded weights in f32 5.7e-3 / 7.2e-3
     // → 1.1e-2; AVX512-BF16 EPYC (bench/README, before attention moved to the per-row kernel):
     // the bf16 kernel 7.4e-3 / 1.4e-2 → 2.2e-2.
     let kernel_here = skyscore_engine::models::cpu::bf16_kernel_available();

@@ -105,19 +105,21 @@ pub enum Proj {
 
 impl Proj {
     pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder, kind: &LinearKind) -> Result<Self> {
-        let linear = match kind {
-            LinearKind::Dense => linear_b(in_dim, out_dim, bias, vb)?,
-            LinearKind::RoundedBf16 => {
-                let linear = linear_b(in_dim, out_dim, bias, vb)?;
-                Linear::new(round_to_bf16(linear.weight())?, linear.bias().cloned())
-            }
+        let round_bf16 = match kind {
+            LinearKind::Dense => false,
+            LinearKind::RoundedBf16 => true,
             LinearKind::PackedBf16(checkpoint) => {
                 let packed = cpu::PackedLinear::load(in_dim, out_dim, bias, vb, checkpoint)?;
                 return Ok(Proj::PackedBf16(Arc::new(packed)));
             }
         };
+        let linear = linear_b(in_dim, out_dim, bias, vb)?;
         if linear.weight().device().is_cpu() && linear.weight().dtype() == DType::F32 {
-            return Ok(Proj::CpuF32(cpu::CpuLinear::new(linear)?));
+            // Rounded to bf16 while transposed: no extra pass over the weights at load.
+            return Ok(Proj::CpuF32(cpu::CpuLinear::new(linear, round_bf16)?));
+        }
+        if round_bf16 {
+            return Ok(Proj::Dense(Linear::new(round_to_bf16(linear.weight())?, linear.bias().cloned())));
         }
         Ok(Proj::Dense(linear))
     }
@@ -335,8 +337,10 @@ pub enum AttentionProducts {
 impl AttentionProducts {
     pub fn for_kind(kind: &LinearKind) -> Self {
         match kind {
-            LinearKind::PackedBf16(_) | LinearKind::RoundedBf16 => AttentionProducts::Bf16,
-            LinearKind::Dense => AttentionProducts::Exact,
+            LinearKind::PackedBf16(_) => AttentionProducts::Bf16,
+            // bf16-rounded weights in the f32 path: attention stays f32 like the rest of the path
+            // (rounding its operands would only cost passes on CPUs that multiply bf16 as f32).
+            LinearKind::Dense | LinearKind::RoundedBf16 => AttentionProducts::Exact,
         }
     }
 }

@@ -133,8 +133,9 @@ pub struct CpuLinear {
 }
 
 impl CpuLinear {
-    pub fn new(linear: candle_nn::Linear) -> Result<Self> {
-        Ok(Self { weight_t: transpose_f32(linear.weight())?, bias: linear.bias().cloned() })
+    /// `round_bf16`: round the weight to bf16 on the way (`--dtype bf16` without AVX512-BF16).
+    pub fn new(linear: candle_nn::Linear, round_bf16: bool) -> Result<Self> {
+        Ok(Self { weight_t: transpose_f32(linear.weight(), round_bf16)?, bias: linear.bias().cloned() })
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
@@ -157,8 +158,9 @@ impl CpuLinear {
 }
 
 /// A 2-D f32 matrix transposed into a new row-major one, in 32 × 32 tiles (a strided copy of a
-/// large weight reads memory in the worst order: seconds at load for a 0.6B model).
-fn transpose_f32(w: &Tensor) -> Result<Tensor> {
+/// large weight reads memory in the worst order: seconds at load for a 0.6B model), each value
+/// rounded to the nearest bf16 on the way with `round_bf16`.
+fn transpose_f32(w: &Tensor, round_bf16: bool) -> Result<Tensor> {
     use rayon::prelude::*;
     const TILE: usize = 32;
     let (rows, cols) = w.dims2()?;
@@ -174,7 +176,7 @@ fn transpose_f32(w: &Tensor) -> Result<Tensor> {
             for r in r0..(r0 + TILE).min(rows) {
                 let row = &src[r * cols + c0..r * cols + c0 + width];
                 for (c, v) in row.iter().enumerate() {
-                    dst[c * rows + r] = *v;
+                    dst[c * rows + r] = if round_bf16 { half::bf16::from_f32(*v).to_f32() } else { *v };
                 }
             }
         }
@@ -256,7 +258,7 @@ mod tests {
         let device = candle_core::Device::Cpu;
         for (k, n) in [(64, 64), (64, 32), (160, 64), (64, 160), (1024, 3072), (3072, 1024), (1024, 1)] {
             let weight = Tensor::from_vec(values(k * n, 2), (n, k), &device).unwrap();
-            let linear = CpuLinear::new(candle_nn::Linear::new(weight.clone(), None)).unwrap();
+            let linear = CpuLinear::new(candle_nn::Linear::new(weight.clone(), None), false).unwrap();
             let expected: Vec<f32> = weight.t().unwrap().flatten_all().unwrap().to_vec1().unwrap();
             let transposed: Vec<f32> = linear.weight_t.flatten_all().unwrap().to_vec1().unwrap();
             assert_eq!(transposed, expected, "{k} × {n} transposed");
