@@ -130,7 +130,7 @@ mod tests {
     use super::*;
 
     fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 2003.0 - 0.5) * 3.0).collect()
+        super::super::test_values(len, seed).iter().map(|v| v * 3.0).collect()
     }
 
     /// A row's output depends on its own keys only: the same query and keys padded to another

@@ -471,9 +471,7 @@ unsafe fn exp(x: __m512) -> __m512 {
 mod tests {
     use super::*;
 
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 2003.0) - 0.5).collect()
-    }
+    use super::super::test_values as values;
 
     /// Against an f64 product of the same bf16-rounded inputs: the kernel's only error is f32
     /// accumulation, over odd sizes and every tail (rows % 8, columns % 16, odd k).

@@ -243,13 +243,15 @@ mod no_kernel {
     }
 }
 
+/// Deterministic test values in [-0.5, 0.5) (candle's CPU randn cannot be seeded).
+#[cfg(test)]
+pub(crate) fn test_values(len: usize, seed: usize) -> Vec<f32> {
+    (0..len).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 2003.0) - 0.5).collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len).map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 2003.0) - 0.5).collect()
-    }
+    use super::{test_values as values, *};
 
     /// The first row's outputs, bit for bit, whatever the rows after it: alone, in a few rows,
     /// in many (shapes where `gemm` with the weight as stored gives other bits: n ≤ 64, m = 1).
