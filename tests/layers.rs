@@ -11,7 +11,7 @@ fn closure(krate: &str) -> BTreeSet<String> {
     let out = Command::new(env!("CARGO"))
         .args(["tree", "-p", krate, "-e", "normal,build", "--prefix", "none", "--format", "{p}"])
         .args(["--locked", "--offline"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into()))
         .output()
         .expect("run cargo tree");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

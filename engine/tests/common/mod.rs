@@ -9,9 +9,13 @@ use serde::Deserialize;
 use skyscore_core::{ScoreRequest, Scorer};
 use skyscore_engine::Engine;
 
-/// The repository root (this file serves tests of the root crate and of `engine/`).
+/// The repository root (this file serves tests of the root crate and of `engine/`). Read from
+/// cargo's run-time `CARGO_MANIFEST_DIR` first: a test binary built in another checkout that
+/// shares the target folder (CI's fresh clones) still finds this checkout's fixtures.
 pub fn repo() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let runtime = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let here = runtime.unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    let here = here.as_path();
     if here.join("sample_data").is_dir() {
         here.to_path_buf()
     } else {
