@@ -52,7 +52,7 @@ impl ExtensionOptions for SkyscoreOptions {
 
     fn entries(&self) -> Vec<ConfigEntry> {
         vec![ConfigEntry {
-            key: format!("{}.{EXPECTED_MODEL}", Self::PREFIX),
+            key: EXPECTED_MODEL_KEY.to_string(),
             value: Some(self.expected_model.clone()),
             description: "The model facts (JSON) the scorer must state before it scores; empty: no check",
         }]

@@ -70,13 +70,8 @@ pub fn attention(
     out
 }
 
-dispatch_simd!(dots: fn(q: &[f32], keys: &[f32], scores: &mut [f32]) => dots_body);
-
-/// `out[j] = q · rows[j]` for the rows of `rows` (each `q.len()` long), in the fixed order of
-/// the attention's dot products.
-pub fn dot_rows(q: &[f32], rows: &[f32], out: &mut [f32]) {
-    dots(q, rows, out)
-}
+// `scores[j] = q · keys[j]` (also the reward head's one dot per row).
+dispatch_simd!(pub(crate) dots: fn(q: &[f32], keys: &[f32], scores: &mut [f32]) => dots_body);
 
 /// `scores[j] = q · keys[j]`, each over `LANES` partial sums added in a fixed order.
 #[inline(always)]

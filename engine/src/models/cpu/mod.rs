@@ -197,7 +197,7 @@ pub fn score_head_f32(rows: &Tensor, weight: &Tensor) -> Result<Tensor> {
         candle_core::bail!("score head: weight of {} values for hidden size {hidden}", w.len());
     }
     let mut scores = vec![0f32; b];
-    attention::dot_rows(w, x, &mut scores);
+    attention::dots(w, x, &mut scores);
     Tensor::from_vec(scores, b, rows.device())
 }
 
