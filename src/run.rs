@@ -10,7 +10,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use skyscore_core::{DistributionSummary, LengthSummary, ScoreStats};
 
-use skyscore_engine::{Dtype, Engine, EngineOptions};
+pub use skyscore_engine::models::DtypeChoice;
+use skyscore_engine::{Engine, EngineOptions};
 use skyscore_udf::{Scorer, ScoringService};
 
 use crate::cli::distribution::DETAILED_BINS;
@@ -22,54 +23,6 @@ pub struct ResolvedEngine {
     pub options: EngineOptions,
     /// Why `--dtype auto` took the dtype it took (`None` when the dtype was given).
     pub dtype_reason: Option<String>,
-}
-
-/// `--dtype` as the user gives it: a dtype, or `auto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(try_from = "String")]
-pub enum DtypeChoice {
-    /// The fastest dtype whose scores stay within bf16 noise of f32 on this machine.
-    Auto,
-    Fixed(Dtype),
-}
-
-impl std::str::FromStr for DtypeChoice {
-    type Err = String;
-    fn from_str(name: &str) -> Result<Self, String> {
-        match name {
-            "auto" => Ok(DtypeChoice::Auto),
-            other => other.parse().map(DtypeChoice::Fixed).map_err(|e: String| e.replace("(f32", "(auto, f32")),
-        }
-    }
-}
-
-impl TryFrom<String> for DtypeChoice {
-    type Error = String;
-    fn try_from(name: String) -> Result<Self, String> {
-        name.parse()
-    }
-}
-
-impl DtypeChoice {
-    /// The dtype to run, and for `auto` why. On GPUs bf16 (what the cards are fast at); on a
-    /// CPU with AVX512-BF16, bf16 through skyscore's kernel (about 2× f32's speed); on other
-    /// CPUs f32 (bf16 runs there at f32's speed, so it would only add rounding).
-    pub fn resolve(self, on_gpu: bool) -> (Dtype, Option<String>) {
-        match self {
-            DtypeChoice::Fixed(dtype) => (dtype, None),
-            DtypeChoice::Auto if on_gpu => (Dtype::Bf16, Some("auto: bf16 on a GPU".into())),
-            DtypeChoice::Auto if skyscore_engine::models::cpu_bf16_kernel() => (
-                Dtype::Bf16,
-                Some("auto: bf16, this CPU has AVX512-BF16 (skyscore's bf16 kernel, about 2× f32)".into()),
-            ),
-            DtypeChoice::Auto => (
-                Dtype::F32,
-                Some(
-                    "auto: f32, this CPU has no AVX512-BF16 (bf16 would run at f32's speed with more rounding)".into(),
-                ),
-            ),
-        }
-    }
 }
 
 impl ResolvedEngine {

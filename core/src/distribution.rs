@@ -17,6 +17,9 @@ const DIGEST_SIZE: usize = 100;
 const FINE_BINS: usize = 256;
 
 /// Scores seen before the histogram's range is fixed (the first range is the range of these).
+/// Histogram bins of the detailed reports: `--stats-json`, `--plot`, the Python `stats`.
+pub const DETAILED_BINS: usize = 40;
+
 const RANGE_SAMPLE: usize = 1024;
 
 /// Accumulates scores; [`ScoreDistribution::summary`] reads it out at any time.

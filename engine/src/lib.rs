@@ -23,4 +23,4 @@ pub mod template;
 
 pub use device::{DeviceList, DeviceSpec};
 pub use engine::{ConversationChunk, Engine, EngineError, EngineOptions};
-pub use models::Dtype;
+pub use models::{Dtype, DtypeChoice};

@@ -5,8 +5,7 @@ use skyscore_core::DistributionSummary;
 
 /// Bins of the terminal histogram (the JSON and the plot have more).
 pub const TERMINAL_BINS: usize = 12;
-/// Bins of `--stats-json` and `--plot`.
-pub const DETAILED_BINS: usize = 40;
+pub use skyscore_core::distribution::DETAILED_BINS;
 
 const BAR_WIDTH: usize = 40;
 

@@ -100,19 +100,14 @@ impl EngineArgs {
                 devices,
                 dtype,
                 store: self.store_path(),
-                max_memory: self.max_memory.map(|gb| (gb * 1e9) as u64).or_else(default_max_memory),
+                max_memory: self
+                    .max_memory
+                    .map(|gb| (gb * 1e9) as u64)
+                    .or_else(skyscore_engine::engine::default_max_memory),
                 stop: Some(crate::interrupt::stop_flag()),
                 ..Default::default()
             },
             dtype_reason,
         })
     }
-}
-
-/// 80% of the machine's memory (Linux: MemTotal of /proc/meminfo); elsewhere no limit.
-fn default_max_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kb: u64 =
-        text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kb * 1024 / 10 * 8)
 }

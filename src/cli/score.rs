@@ -11,15 +11,16 @@ use clap::Args;
 use datafusion::arrow::array::{ArrayRef, BooleanArray, Float32Array, UInt32Array, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use skyscore_core::{Conversation, RowScore, ScoreDistribution, ScoreRequest, Scored, TokenLengths};
+use skyscore_core::{Conversation, RowScore, ScoreDistribution, Scored, TokenLengths};
 
 use super::distribution::{render, DETAILED_BINS, TERMINAL_BINS};
 use super::engine_args::EngineArgs;
 use super::progress::Progress;
-use crate::io::{open_input, ColumnNames, OutputWriter, SftColumns};
+use crate::io::{open_input, OutputWriter};
 use crate::plot::{write_histogram, Measure};
 use crate::run::{check_report_paths, RunSummary};
 use skyscore_engine::{ConversationChunk, Engine};
+use skyscore_udf::columns::{batch_conversations, ColumnNames};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -89,7 +90,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     let input = open_input(&args.input, resolved.options.chunk_rows(), args.skip_invalid)?;
     let skipped_lines = input.skipped.clone();
     let file = args.input.display().to_string();
-    names.check(&input.schema, &file)?;
+    names.check(&input.schema, &file).map_err(anyhow::Error::msg)?;
     let id_column = names.id_column(&input.schema).map(str::to_string);
     let out_schema = output_schema(&input.schema, id_column.as_deref(), args.keep_columns)?;
 
@@ -166,25 +167,10 @@ struct Window<'n> {
 
 impl ConversationChunk for Window<'_> {
     fn conversations(&self) -> Vec<Result<Conversation<'_>, String>> {
-        let cols = match SftColumns::new(&self.batch, self.names) {
-            Ok(cols) => cols,
-            // The schema was checked up front; a window that still fails fails every row.
-            Err(e) => return vec![Err(format!("{e:#}")); self.batch.num_rows()],
-        };
-        (0..self.batch.num_rows())
-            .map(|i| match (cols.instruction.get(i), cols.output.get(i)) {
-                (Some(instruction), Some(output)) => {
-                    Ok(ScoreRequest::new(instruction, cols.input.get(i), output).conversation())
-                }
-                (None, _) => Err(format!("column `{}` is NULL", self.names.instruction)),
-                (_, None) => Err(format!("column `{}` is NULL", self.names.output)),
-            })
-            .collect()
+        batch_conversations(&self.batch, self.names)
     }
 }
 
-/// `skyscore score`'s policy for rows that cannot be scored: the run fails naming the first
-/// one, or with `--skip-invalid` they get a null score and are counted.
 fn apply_row_policy(
     window: &Window,
     id_column: Option<&str>,

@@ -2,7 +2,6 @@
 //! (JSONL, JSON arrays and Parquet, all as Arrow record batches so every format takes the same
 //! path) and outputs, temporary files and Parquet metadata.
 
-pub mod columns;
 pub mod format;
 pub mod input;
 pub mod jsonl;
@@ -10,6 +9,5 @@ pub mod output;
 pub mod parquet_metadata;
 pub mod paths;
 
-pub use columns::{ColumnNames, SftColumns};
 pub use input::{open_input, InputTable};
 pub use output::{check_writable, OutputFormat, OutputWriter};

@@ -21,6 +21,7 @@
 
 pub mod args;
 pub mod cache;
+pub mod columns;
 pub mod options;
 pub mod plan;
 pub mod service;

@@ -96,6 +96,14 @@ impl EngineOptions {
     }
 }
 
+/// The default `max_memory`: 80% of the machine's memory (Linux: MemTotal of /proc/meminfo); elsewhere no limit.
+pub fn default_max_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 =
+        text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024 / 10 * 8)
+}
+
 /// Default padded-token budget of one forward pass. On a GPU it is what keeps the card busy
 /// (a 1B model needs ~64K tokens per pass). On CPU, 2048 measured fastest (llama-bench 22.5M:
 /// 4,230–4,879 tok/s at 8192, 5,780–6,563 at 2048; Qwen3-0.6B shape: 24.0 s of model time at

@@ -1,10 +1,11 @@
 //! Finding the SFT columns in a record batch and reading them as strings, whatever string
 //! type they arrive as (Utf8, LargeUtf8, or Utf8View from Parquet).
 
-use anyhow::{bail, Result};
 use datafusion::arrow::datatypes::{DataType, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
-use skyscore_udf::args::StrArg;
+use skyscore_core::{Conversation, ScoreRequest};
+
+use crate::args::StrArg;
 
 /// Which columns hold the Alpaca fields and the row id.
 #[derive(Debug, Clone)]
@@ -24,23 +25,29 @@ impl Default for ColumnNames {
 
 impl ColumnNames {
     /// Checks the schema up front so that a wrong file fails before the model loads.
-    pub fn check(&self, schema: &Schema, file: &str) -> Result<()> {
+    /// `source` names the data in the message (a file, a table).
+    pub fn check(&self, schema: &Schema, source: &str) -> Result<(), String> {
         for (name, required) in [(&self.instruction, true), (&self.input, false), (&self.output, true)] {
             match schema.field_with_name(name) {
                 Ok(f) if !is_string_like(f.data_type()) => {
-                    bail!("{file}: column `{name}` has type {}; expected a string column", f.data_type())
+                    return Err(format!(
+                        "{source}: column `{name}` has type {}; expected a string column",
+                        f.data_type()
+                    ))
                 }
                 Ok(_) => {}
-                Err(_) if required => bail!(
-                    "{file}: no column `{name}` (columns: {})",
-                    schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
-                ),
+                Err(_) if required => {
+                    return Err(format!(
+                        "{source}: no column `{name}` (columns: {})",
+                        schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                    ))
+                }
                 Err(_) => {}
             }
         }
         if let Some(id) = &self.id {
             if schema.field_with_name(id).is_err() {
-                bail!("{file}: no id column `{id}`");
+                return Err(format!("{source}: no id column `{id}`"));
             }
         }
         Ok(())
@@ -68,9 +75,9 @@ pub struct SftColumns<'a> {
 }
 
 impl<'a> SftColumns<'a> {
-    pub fn new(batch: &'a RecordBatch, names: &ColumnNames) -> Result<Self> {
+    pub fn new(batch: &'a RecordBatch, names: &ColumnNames) -> datafusion::common::Result<Self> {
         // A missing column (only `input` may be) reads as all NULL.
-        let col = |name: &str| -> Result<StrArg<'a>> {
+        let col = |name: &str| -> datafusion::common::Result<StrArg<'a>> {
             match batch.column_by_name(name) {
                 Some(array) => Ok(StrArg::from_array(array, name)?),
                 None => Ok(StrArg::Scalar(None)),
@@ -78,4 +85,24 @@ impl<'a> SftColumns<'a> {
         };
         Ok(Self { instruction: col(&names.instruction)?, input: col(&names.input)?, output: col(&names.output)? })
     }
+}
+
+/// The conversation of every row of `batch`, in order, or why a row has none: a NULL
+/// instruction or output is a row error; a NULL or missing input is an empty one. Every front
+/// end that scores tables (`skyscore score`, the Python package) reads rows this way.
+pub fn batch_conversations<'a>(batch: &'a RecordBatch, names: &ColumnNames) -> Vec<Result<Conversation<'a>, String>> {
+    let cols = match SftColumns::new(batch, names) {
+        Ok(cols) => cols,
+        // The schema is checked up front; a batch that still fails fails every row.
+        Err(e) => return vec![Err(e.to_string()); batch.num_rows()],
+    };
+    (0..batch.num_rows())
+        .map(|i| match (cols.instruction.get(i), cols.output.get(i)) {
+            (Some(instruction), Some(output)) => {
+                Ok(ScoreRequest::new(instruction, cols.input.get(i), output).conversation())
+            }
+            (None, _) => Err(format!("column `{}` is NULL", names.instruction)),
+            (_, None) => Err(format!("column `{}` is NULL", names.output)),
+        })
+        .collect()
 }
