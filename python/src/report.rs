@@ -46,6 +46,15 @@ pub struct Setup {
     pub model_limit: Option<usize>,
 }
 
+/// The score store: which file, scores saved there by this scorer, scores it failed to save.
+#[derive(Debug, Serialize)]
+pub struct StoreFigures {
+    #[serde(rename = "store")]
+    pub path: Option<String>,
+    pub committed_rows: usize,
+    pub unsaved_rows: usize,
+}
+
 #[derive(Serialize)]
 struct Summary<'a> {
     rows: usize,
@@ -56,6 +65,8 @@ struct Summary<'a> {
     tokens_per_s: f64,
     #[serde(flatten)]
     setup: &'a Setup,
+    #[serde(flatten)]
+    store: &'a StoreFigures,
     #[serde(flatten)]
     distribution: Option<DistributionSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -78,6 +89,7 @@ struct SqlSummary {
 pub fn to_json(
     tally: &Tally,
     setup: &Setup,
+    store: &StoreFigures,
     sql: Option<(ServiceStats, std::collections::BTreeMap<String, ScoreDistribution>)>,
 ) -> String {
     let summary = Summary {
@@ -87,6 +99,7 @@ pub fn to_json(
         wall_s: tally.scoring_s,
         tokens_per_s: tally.stats.tokens as f64 / tally.scoring_s.max(1e-9),
         setup,
+        store,
         distribution: tally.distribution.summary(DETAILED_BINS),
         token_lengths: tally.lengths.summary(setup.model_limit),
         sql: sql.map(|(stats, distributions)| SqlSummary {

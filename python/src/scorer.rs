@@ -164,11 +164,12 @@ impl Engine {
                 stats += scored.stats;
                 Ok(())
             })
-        })?;
+        });
+        // Counted even when interrupted: the chunks scored before Ctrl-C were real work.
         let mut tally = self.tally.lock().expect("tally lock");
         tally.stats += stats;
         tally.scoring_s += started.elapsed().as_secs_f64();
-        outcome.map_err(engine_error)?;
+        outcome?.map_err(engine_error)?;
 
         let rows = apply_row_policy(results, skip_invalid, |i| row_label(&batch, id_column.as_deref(), first_row, i))?;
         for row in &rows {
@@ -209,7 +210,12 @@ impl Engine {
     /// The figures so far as JSON (`Scorer.stats` parses it).
     fn stats_json(&self) -> String {
         let sql = self.service.get().map(|s| (s.stats(), s.distributions()));
-        crate::report::to_json(&self.tally.lock().expect("tally lock"), &self.setup, sql)
+        let store = crate::report::StoreFigures {
+            path: self.engine.store_path().map(|p| p.display().to_string()),
+            committed_rows: self.engine.committed_rows(),
+            unsaved_rows: self.engine.unsaved_rows(),
+        };
+        crate::report::to_json(&self.tally.lock().expect("tally lock"), &self.setup, &store, sql)
     }
 
     /// What the scores depend on besides the rows: the metadata `skyscore score` writes.
