@@ -72,6 +72,9 @@ pub struct RunSummary {
     pub model: String,
     pub device: String,
     pub dtype: String,
+    /// Scores the store failed to keep (the run went on without it).
+    #[serde(flatten)]
+    pub store: skyscore_core::StoreOutcome,
     /// Why `--dtype auto` chose `dtype`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dtype_reason: Option<String>,
@@ -133,12 +136,17 @@ impl RunSummary {
             line.push('\n');
             line.push_str(&lengths.line(self.max_length));
         }
+        if let Some(store) = self.store.line() {
+            line.push('\n');
+            line.push_str(&store);
+        }
         line
     }
 
     /// The summary of `skyscore sql`, where `rows` counts every evaluation of the UDFs.
     pub fn sql_line(&self) -> String {
         let s = &self.stats;
+        let store = self.store.line().map(|l| format!("\n{l}")).unwrap_or_default();
         format!(
             "skywork_score: {} rows evaluated, {} scored by the model, {} from cache, {} from the store · {} tokens ({} padded) · {} truncated · {:.2} s · {:.0} tokens/s",
             self.rows,
@@ -150,7 +158,7 @@ impl RunSummary {
             s.truncated_rows,
             self.wall_s,
             self.tokens_per_s
-        )
+        ) + &store
     }
 
     /// The figures of a SQL scoring service so far: every evaluation, cache hits, the model's
@@ -161,6 +169,7 @@ impl RunSummary {
         summary.rows = stats.rows;
         summary.cache_hits = stats.cache_hits;
         summary.stats = stats.model;
+        summary.store = stats.store;
         summary.finish(wall_s);
         for (function, d) in service.distributions() {
             if let Some(s) = d.summary(DETAILED_BINS) {

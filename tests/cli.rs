@@ -21,7 +21,7 @@ fn assert_clean_failure(out: &Output, needle: &str) {
     assert!(err.contains(needle), "expected `{needle}` in: {err}");
 }
 
-/// No temporary output (`.NAME.skyscore-PID-N.tmp.EXT`) is left behind.
+/// No temporary output (`.NAME.skyscore-HOST-PID-N.tmp.EXT`) is left behind.
 fn assert_no_temporary_files(dir: &Path) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
@@ -332,6 +332,15 @@ fn broken_checkpoints_fail_cleanly() {
 
     let m = copy_model("tiny-qwen3", &dir.path().join("vocab"));
     edit_json(&m.join("config.json"), |c| c["vocab_size"] = serde_json::json!(100));
+    assert_clean_failure(
+        &run_with(&m),
+        "config.json: `pad_token_id` is 1200; must be a token id below vocab_size (100)",
+    );
+    edit_json(&m.join("config.json"), |c| {
+        for id in ["pad_token_id", "bos_token_id", "eos_token_id"] {
+            c[id] = serde_json::Value::Null;
+        }
+    });
     assert_clean_failure(&run_with(&m), "the model's embedding has only 100 rows");
 
     let m = copy_model("tiny-qwen3", &dir.path().join("noweights"));
@@ -468,5 +477,49 @@ fn help_explains_the_command() {
     let help = String::from_utf8_lossy(&run.stdout);
     for needle in ["--keep-columns", "--skip-invalid", "HF_HUB_OFFLINE", "--max-length", "--stats-json"] {
         assert!(help.contains(needle), "help lacks {needle}");
+    }
+}
+
+/// A shared output folder: a live temporary output of a process on another machine (its PID
+/// means nothing here) survives a run on this machine writing the same target.
+#[test]
+fn another_hosts_temporary_output_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let theirs = dir.path().join(".out.skyscore-other.machine-999999-0.tmp.jsonl");
+    std::fs::write(&theirs, "another machine's partial output").unwrap();
+    let input = repo().join("sample_data/sft_sample.parquet");
+    let run = score(&tiny_llama(), &input, &out, &["--no-store", "--no-progress"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "another machine's partial output");
+}
+
+/// Errors are messages: no stack backtrace under them, whatever RUST_BACKTRACE says.
+#[test]
+fn errors_carry_no_backtrace_with_rust_backtrace_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(repo().join("sample_data/models/tiny-llama")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+    }
+    // Valid numbers that disagree with the weights: candle refuses the first MLP tensor.
+    let config = model.join("config.json");
+    let text =
+        std::fs::read_to_string(&config).unwrap().replace("\"intermediate_size\": 160", "\"intermediate_size\": 96");
+    std::fs::write(&config, text).unwrap();
+    let input = repo().join("sample_data/sft_sample.parquet");
+    let out = dir.path().join("out.jsonl");
+    for backtrace in ["1", "full"] {
+        let run = command()
+            .env("RUST_BACKTRACE", backtrace)
+            .args(["score", "--model", p(&model), "--input", p(&input), "--output", p(&out), "--no-store"])
+            .output()
+            .unwrap();
+        let err = stderr(&run);
+        assert!(!run.status.success());
+        assert!(err.contains("shape mismatch") && err.contains("mlp"), "{err}");
+        assert!(!err.to_lowercase().contains("backtrace") && !err.contains("  0: "), "{err}");
     }
 }

@@ -28,5 +28,5 @@ pub use distinct::Distinct;
 pub use distribution::{DistributionSummary, ScoreDistribution};
 pub use facts::ModelFacts;
 pub use lengths::{LengthSummary, TokenLengths};
-pub use scorer::{RowResult, RowScore, Scored, Scorer, ScorerError};
+pub use scorer::{RowResult, RowScore, Scored, Scorer, ScorerError, StoreOutcome};
 pub use stats::ScoreStats;

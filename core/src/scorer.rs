@@ -42,6 +42,28 @@ pub enum ScorerError {
 
 /// Something that turns conversations into reward scores. Implementations own their device
 /// batching; results come back in the order of `conversations`, each independent of the others.
+/// What became of the scores a scorer meant to keep in its persistent store. A store that
+/// fails to write is set aside for the rest of the run (the run goes on); this says how many
+/// scores a rerun will have to compute again, and why.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct StoreOutcome {
+    pub unsaved_rows: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_failure: Option<String>,
+}
+
+impl StoreOutcome {
+    /// The end-of-run sentence, when scores were lost to a failing store.
+    pub fn line(&self) -> Option<String> {
+        let failure = self.store_failure.as_ref()?;
+        Some(format!(
+            "warning: the score store failed ({failure}) and was set aside: {} scores of this run were not saved \
+             (a rerun computes them again); scores saved before the failure are kept",
+            self.unsaved_rows
+        ))
+    }
+}
+
 pub trait Scorer: Send + Sync {
     /// `Err` only when nothing could be scored (the model or device failed); a row that cannot
     /// be scored is an `Err` in its own slot of [`Scored::rows`].
@@ -51,4 +73,9 @@ pub trait Scorer: Send + Sync {
     /// max_length, truncation side, dtype): two scorers with equal facts give the same scores.
     /// Written next to the scores (Parquet metadata) and checked by cluster executors.
     fn facts(&self) -> ModelFacts;
+
+    /// Scores not kept because the store failed (none for scorers without a store).
+    fn store_outcome(&self) -> StoreOutcome {
+        StoreOutcome::default()
+    }
 }

@@ -20,8 +20,9 @@ pub enum CheckpointError {
     Json { path: PathBuf, source: serde_json::Error },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
-    #[error("{path}: {source}")]
-    Architecture { path: PathBuf, source: ArchError },
+    // Not a `source`: the message already holds it, and error chains would print it twice.
+    #[error("{path}: {error}")]
+    Architecture { path: PathBuf, error: ArchError },
     #[error("the checkpoint has neither model.safetensors nor model.safetensors.index.json")]
     NoWeights,
 }
@@ -72,7 +73,7 @@ impl Checkpoint {
         let config_path = files.get("config.json")?;
         let config = read_json(&config_path)?;
         let arch = ArchConfig::from_config(&config)
-            .map_err(|source| CheckpointError::Architecture { path: config_path.clone(), source })?;
+            .map_err(|error| CheckpointError::Architecture { path: config_path.clone(), error })?;
 
         let tokenizer_path = files.get("tokenizer.json")?;
         let tokenizer_config_path = files.get("tokenizer_config.json")?;

@@ -6,20 +6,32 @@
 //! Writes are committed after every device batch, so a kill loses at most the batches in flight.
 //! Several processes may share one store (redb's multi-writer mode: one write transaction at a
 //! time); a store another program holds exclusively is waited for, then done without.
+//!
+//! A store is a file on a disk that can go bad. Every value carries a checksum of its key and
+//! itself, so a flipped byte is never read back as a score (the entry counts as absent and the
+//! row is scored again); a redb panic on a damaged file is contained here and becomes an error
+//! naming the file and what to do ([`ScoreStore::check`], [`repair`], `--no-store`).
 
+use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use redb::{
     ConcurrencyMode, Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    TableHandle,
 };
 use skyscore_core::facts::described_model;
 use skyscore_core::{ConversationKey, RowScore};
 
 /// `model id (16 bytes) ++ conversation key (16 bytes)`, big-endian: one model's entries are
-/// one contiguous key range.
-const SCORES: TableDefinition<[u8; 32], [u8; 9]> = TableDefinition::new("scores");
+/// one contiguous key range. The value: score (f32), tokens (u32), truncated (u8), then a
+/// checksum (the low 32 bits of xxh3 over key and value).
+const SCORES: TableDefinition<[u8; 32], [u8; 13]> = TableDefinition::new("scores_v2");
+/// The table of stores written before values had checksums; moved into [`SCORES`] on open.
+const SCORES_V1: TableDefinition<[u8; 32], [u8; 9]> = TableDefinition::new("scores");
 /// Model id → what it stands for (the fingerprint text: model, revision, template, dtype, ...).
 const MODELS: TableDefinition<[u8; 16], &str> = TableDefinition::new("models");
 
@@ -41,6 +53,8 @@ pub fn default_path() -> Option<PathBuf> {
 pub struct ScoreStore {
     db: Database,
     path: PathBuf,
+    /// A damaged entry was met and reported (once per store).
+    warned_damage: AtomicBool,
 }
 
 impl std::fmt::Debug for ScoreStore {
@@ -63,7 +77,14 @@ fn key(model: &ModelId, conversation: ConversationKey) -> [u8; 32] {
     k
 }
 
-fn encode(r: &RowScore) -> [u8; 9] {
+fn checksum(key: &[u8; 32], value: &[u8]) -> [u8; 4] {
+    let mut bytes = [0u8; 41];
+    bytes[..32].copy_from_slice(key);
+    bytes[32..32 + value.len()].copy_from_slice(value);
+    (xxhash_rust::xxh3::xxh3_64(&bytes[..32 + value.len()]) as u32).to_le_bytes()
+}
+
+fn encode_v1(r: &RowScore) -> [u8; 9] {
     let mut v = [0u8; 9];
     v[..4].copy_from_slice(&r.score.to_le_bytes());
     v[4..8].copy_from_slice(&r.tokens.to_le_bytes());
@@ -71,16 +92,88 @@ fn encode(r: &RowScore) -> [u8; 9] {
     v
 }
 
+fn encode(key: &[u8; 32], r: &RowScore) -> [u8; 13] {
+    with_checksum(key, encode_v1(r))
+}
+
+fn with_checksum(key: &[u8; 32], v1: [u8; 9]) -> [u8; 13] {
+    let mut v = [0u8; 13];
+    v[..9].copy_from_slice(&v1);
+    v[9..].copy_from_slice(&checksum(key, &v1));
+    v
+}
+
 /// The store keeps what the model read; a row that was not truncated read all of itself.
-fn decode(v: [u8; 9]) -> RowScore {
+/// `None` when the checksum does not match: the entry was damaged on disk.
+fn decode(key: &[u8; 32], v: [u8; 13]) -> Option<RowScore> {
+    if v[9..] != checksum(key, &v[..9]) {
+        return None;
+    }
     let tokens = u32::from_le_bytes(v[4..8].try_into().expect("4 bytes"));
     let truncated = v[8] != 0;
-    RowScore {
+    Some(RowScore {
         score: f32::from_le_bytes(v[..4].try_into().expect("4 bytes")),
         tokens,
         truncated,
         full_tokens: (!truncated).then_some(tokens),
+    })
+}
+
+thread_local! {
+    /// Set while this thread runs redb code: a panic there is reported as a damaged store.
+    static INSIDE_STORE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Panics inside redb (its answer to some damaged files) are errors of the store, reported
+/// once by [`guarded`]: the default panic message would only add noise to the user's terminal.
+fn install_quiet_panic_hook() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !INSIDE_STORE.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// What a user can do about a damaged store.
+fn damaged(path: &Path, what: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!(
+        "the score store {} is damaged ({what}). Run `skyscore store repair --store {0}` to keep what is \
+         readable (the damaged file is kept beside it), or move the file aside; `--no-store` runs without a store",
+        path.display()
+    )
+}
+
+/// Runs redb code for the store at `path`; a panic inside becomes a [`damaged`] error.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    install_quiet_panic_hook();
+    let was_inside = INSIDE_STORE.with(|flag| flag.replace(true));
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(f));
+    INSIDE_STORE.with(|flag| flag.set(was_inside));
+    match outcome {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "redb stopped on an inconsistency".into());
+            Err(damaged(path, format!("redb: {message}")))
+        }
     }
+}
+
+/// What [`ScoreStore::check`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckReport {
+    /// redb's own check of its pages passed (`false`: it found damage it could repair).
+    pub pages_ok: bool,
+    pub entries: u64,
+    /// Entries whose checksum does not match (never returned as scores).
+    pub damaged_entries: u64,
 }
 
 impl ScoreStore {
@@ -92,21 +185,26 @@ impl ScoreStore {
         }
         let started = Instant::now();
         loop {
-            let opened = Database::builder()
-                .set_concurrency_mode(ConcurrencyMode::MultiWriter)
-                // Lookups read a few pages per row; the default (1 GiB) is for databases that live in RAM.
-                .set_cache_size(64 << 20)
-                .create(path);
+            let opened = guarded(path, || {
+                Ok(Database::builder()
+                    .set_concurrency_mode(ConcurrencyMode::MultiWriter)
+                    // Lookups read a few pages per row; the default (1 GiB) is for databases that live in RAM.
+                    .set_cache_size(64 << 20)
+                    .create(path))
+            })?;
             match opened {
                 Ok(db) => {
-                    let store = Self { db, path: path.to_path_buf() };
-                    store.create_tables()?;
+                    let store = Self { db, path: path.to_path_buf(), warned_damage: AtomicBool::new(false) };
+                    guarded(path, || store.create_tables())?;
                     return Ok(Some(store));
                 }
                 Err(DatabaseError::DatabaseAlreadyOpen) if started.elapsed() < wait => {
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 Err(DatabaseError::DatabaseAlreadyOpen) => return Ok(None),
+                Err(DatabaseError::Storage(redb::StorageError::Corrupted(reason))) => {
+                    return Err(damaged(path, reason))
+                }
                 Err(e) => return Err(e).with_context(|| format!("score store {}", path.display())),
             }
         }
@@ -116,16 +214,39 @@ impl ScoreStore {
         &self.path
     }
 
+    /// Creates the tables, and moves the scores of a store written before values had checksums
+    /// into the checksummed table (once, in one transaction).
     fn create_tables(&self) -> Result<()> {
         let txn = self.db.begin_write()?;
-        txn.open_table(SCORES)?;
-        txn.open_table(MODELS)?;
+        let has_v1 = txn.list_tables()?.any(|t| t.name() == SCORES_V1.name());
+        {
+            let mut scores = txn.open_table(SCORES)?;
+            txn.open_table(MODELS)?;
+            if has_v1 {
+                let old = txn.open_table(SCORES_V1)?;
+                let mut moved = 0u64;
+                for entry in old.iter()? {
+                    let (k, v) = entry?;
+                    let k = k.value();
+                    scores.insert(k, with_checksum(&k, v.value()))?;
+                    moved += 1;
+                }
+                tracing::info!("score store {}: {moved} scores moved to the checksummed table", self.path.display());
+            }
+        }
+        if has_v1 {
+            txn.delete_table(SCORES_V1)?;
+        }
         txn.commit()?;
         Ok(())
     }
 
     /// Records what `model` stands for (shown by `skyscore store info`); idempotent.
     pub fn register_model(&self, model: &ModelId, description: &str) -> Result<()> {
+        guarded(&self.path, || self.register_model_unguarded(model, description))
+    }
+
+    fn register_model_unguarded(&self, model: &ModelId, description: &str) -> Result<()> {
         let txn = self.db.begin_write()?;
         {
             let mut models = txn.open_table(MODELS)?;
@@ -138,10 +259,27 @@ impl ScoreStore {
     }
 
     /// Looks up conversations; `None` where the model has not scored them yet.
+    /// A damaged entry (its checksum does not match) is `None`: the row is scored again.
     pub fn get_many(&self, model: &ModelId, keys: &[ConversationKey]) -> Result<Vec<Option<RowScore>>> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(SCORES)?;
-        keys.iter().map(|k| Ok(table.get(key(model, *k))?.map(|v| decode(v.value())))).collect()
+        guarded(&self.path, || {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(SCORES)?;
+            keys.iter()
+                .map(|k| {
+                    let key = key(model, *k);
+                    let Some(value) = table.get(key)? else { return Ok(None) };
+                    let decoded = decode(&key, value.value());
+                    if decoded.is_none() && !self.warned_damage.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "the score store {} has damaged entries: they are scored again; \
+                             `skyscore store check` counts them, `skyscore store repair` drops them",
+                            self.path.display()
+                        );
+                    }
+                    Ok(decoded)
+                })
+                .collect()
+        })
     }
 
     /// Commits scores (one durable transaction).
@@ -149,19 +287,44 @@ impl ScoreStore {
         if scores.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_write()?;
-        {
-            let mut table = txn.open_table(SCORES)?;
-            for (k, r) in scores {
-                table.insert(key(model, *k), encode(r))?;
+        guarded(&self.path, || {
+            let txn = self.db.begin_write()?;
+            {
+                let mut table = txn.open_table(SCORES)?;
+                for (k, r) in scores {
+                    let key = key(model, *k);
+                    table.insert(key, encode(&key, r))?;
+                }
             }
-        }
-        txn.commit()?;
-        Ok(())
+            txn.commit()?;
+            Ok(())
+        })
+    }
+
+    /// redb's check of its pages (it repairs what it can), then every entry's checksum. Slow on
+    /// a large store: for `skyscore store check`, not for every run.
+    pub fn check(&mut self) -> Result<CheckReport> {
+        let path = self.path.clone();
+        let pages_ok = guarded(&path, || self.db.check_integrity().map_err(|e| damaged(&path, e)))?;
+        guarded(&path, || {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(SCORES)?;
+            let (mut entries, mut damaged_entries) = (0, 0);
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                entries += 1;
+                damaged_entries += decode(&k.value(), v.value()).is_none() as u64;
+            }
+            Ok(CheckReport { pages_ok, entries, damaged_entries })
+        })
     }
 
     /// Entries per model, largest first.
     pub fn models(&self) -> Result<Vec<ModelEntries>> {
+        guarded(&self.path, || self.models_unguarded())
+    }
+
+    fn models_unguarded(&self) -> Result<Vec<ModelEntries>> {
         let txn = self.db.begin_read()?;
         let models = txn.open_table(MODELS)?;
         let scores = txn.open_table(SCORES)?;
@@ -177,8 +340,10 @@ impl ScoreStore {
     }
 
     pub fn len(&self) -> Result<u64> {
-        let txn = self.db.begin_read()?;
-        Ok(txn.open_table(SCORES)?.len()?)
+        guarded(&self.path, || {
+            let txn = self.db.begin_read()?;
+            Ok(txn.open_table(SCORES)?.len()?)
+        })
     }
 
     pub fn is_empty(&self) -> Result<bool> {
@@ -188,6 +353,10 @@ impl ScoreStore {
     /// Removes the entries of the models whose description matches `filter` (see
     /// [`description_matches`]), or every entry; returns how many entries went.
     pub fn clear(&self, filter: Option<&str>) -> Result<u64> {
+        guarded(&self.path, || self.clear_unguarded(filter))
+    }
+
+    fn clear_unguarded(&self, filter: Option<&str>) -> Result<u64> {
         let txn = self.db.begin_write()?;
         let mut removed = 0;
         {
@@ -211,9 +380,87 @@ impl ScoreStore {
 
     /// Gives freed pages back to the file system (after a `clear`).
     pub fn compact(&mut self) -> Result<()> {
-        while self.db.compact()? {}
-        Ok(())
+        let path = self.path.clone();
+        guarded(&path, || {
+            while self.db.compact()? {}
+            Ok(())
+        })
     }
+}
+
+/// What [`repair`] kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RepairReport {
+    pub kept: u64,
+    /// Entries dropped: their checksum did not match, or they were past the point where reading
+    /// the damaged file stopped.
+    pub dropped_damaged: u64,
+    /// Reading stopped early on damage (entries after that point are lost).
+    pub read_stopped: Option<String>,
+    /// Where the damaged file was moved.
+    pub damaged_copy: PathBuf,
+}
+
+/// Copies every readable, intact entry of the store at `path` into a fresh file, keeps the old
+/// file beside it as `NAME.damaged-<unix seconds>`, and puts the fresh one in its place.
+pub fn repair(path: &Path) -> Result<RepairReport> {
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let fresh_path = path.with_extension(format!("repair-{stamp}.tmp"));
+    let damaged_copy = path.with_file_name(format!(
+        "{}.damaged-{stamp}",
+        path.file_name().map_or("scores.redb".into(), |n| n.to_string_lossy().into_owned())
+    ));
+    let fresh = ScoreStore::open(&fresh_path, Duration::ZERO)?
+        .ok_or_else(|| anyhow!("{} is held by another program", fresh_path.display()))?;
+    let (mut kept, mut dropped_damaged, mut models) = (0u64, 0u64, Vec::new());
+    let mut batch: Vec<([u8; 32], [u8; 13])> = Vec::new();
+    // redb refuses a file whose pages fail their checksums: then nothing is readable, and the
+    // repair is a fresh store with the damaged file kept beside it.
+    let mut old = None;
+    let read_stopped = guarded(path, || {
+        let db = old.insert(Database::builder().open(path).map_err(|e| anyhow!("redb cannot open it: {e}"))?);
+        let txn = db.begin_read()?;
+        if let Ok(table) = txn.open_table(MODELS) {
+            for entry in table.iter()? {
+                let (k, v) = entry?;
+                models.push((k.value(), v.value().to_string()));
+            }
+        }
+        let table = txn.open_table(SCORES)?;
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            let (k, v) = (k.value(), v.value());
+            if decode(&k, v).is_some() {
+                batch.push((k, v));
+            } else {
+                dropped_damaged += 1;
+            }
+        }
+        Ok(())
+    })
+    .err()
+    .map(|e| format!("{e:#}"));
+    {
+        let txn = fresh.db.begin_write()?;
+        {
+            let mut table = txn.open_table(SCORES)?;
+            for (k, v) in &batch {
+                table.insert(*k, *v)?;
+                kept += 1;
+            }
+            let mut table = txn.open_table(MODELS)?;
+            for (k, v) in &models {
+                table.insert(k, v.as_str())?;
+            }
+        }
+        txn.commit()?;
+    }
+    drop((old, fresh));
+    std::fs::rename(path, &damaged_copy)
+        .with_context(|| format!("moving {} to {}", path.display(), damaged_copy.display()))?;
+    std::fs::rename(&fresh_path, path)
+        .with_context(|| format!("moving {} to {}", fresh_path.display(), path.display()))?;
+    Ok(RepairReport { kept, dropped_damaged, read_stopped, damaged_copy })
 }
 
 /// Whether a model description (see `ModelFacts::store_description`) is the model `filter`
@@ -257,6 +504,141 @@ mod tests {
         );
         assert_eq!(store.clear(None).unwrap(), 1);
         assert!(store.is_empty().unwrap());
+    }
+
+    /// A store of `n` scores of one model; returns the path and the scores.
+    fn store_with(dir: &Path, n: u128) -> (PathBuf, Vec<(ConversationKey, RowScore)>) {
+        let path = dir.join("scores.redb");
+        let store = ScoreStore::open(&path, DEFAULT_WAIT).unwrap().unwrap();
+        store.register_model(&[7u8; 16], "skyscore.model=org/a;skyscore.dtype=f32").unwrap();
+        let rows: Vec<_> = (0..n).map(|k| (k * 7919 + 1, row(k as f32 * 0.25 + 0.5))).collect();
+        store.put_many(&[7u8; 16], &rows).unwrap();
+        (path, rows)
+    }
+
+    #[test]
+    fn a_value_with_a_flipped_bit_is_not_a_score() {
+        let k = key(&[7u8; 16], 42);
+        let good = encode(&k, &row(1.25));
+        assert_eq!(decode(&k, good), Some(row(1.25)));
+        for bit in 0..13 * 8 {
+            let mut bad = good;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(decode(&k, bad), None, "bit {bit}");
+        }
+        assert_eq!(decode(&key(&[7u8; 16], 43), good), None, "a value moved to another key");
+    }
+
+    #[test]
+    fn a_damaged_value_is_an_error_naming_the_file_or_is_scored_again_and_repair_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, rows) = store_with(dir.path(), 50);
+        // Flip a bit of every stored copy of one value (copy-on-write may leave old pages).
+        let target_key = key(&[7u8; 16], rows[10].0);
+        let value = encode(&target_key, &rows[10].1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let places: Vec<usize> = bytes.windows(13).enumerate().filter(|(_, w)| *w == value).map(|(i, _)| i).collect();
+        assert!(!places.is_empty(), "the value is stored as is");
+        for at in places {
+            bytes[at] ^= 0x40;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        // Either redb's page checksums refuse the file, naming it and the way out, or the
+        // value's own checksum keeps the damaged score from being read.
+        match ScoreStore::open(&path, DEFAULT_WAIT) {
+            Err(e) => {
+                let err = e.to_string();
+                assert!(err.contains(&format!("the score store {} is damaged", path.display())), "{err}");
+                assert!(err.contains("skyscore store repair") && err.contains("--no-store"), "{err}");
+            }
+            Ok(store) => {
+                let mut store = store.unwrap();
+                if let Ok(got) = store.get_many(&[7u8; 16], &[rows[10].0]) {
+                    assert_eq!(got, [None], "the damaged score is never read back");
+                }
+                match store.check() {
+                    Ok(report) => assert!(!report.pages_ok || report.damaged_entries == 1, "{report:?}"),
+                    Err(e) => assert!(e.to_string().contains("is damaged"), "{e}"),
+                }
+            }
+        }
+        let repaired = repair(&path).unwrap();
+        assert!(repaired.damaged_copy.metadata().is_ok_and(|m| m.len() > 0), "the damaged file is kept beside it");
+        match &repaired.read_stopped {
+            Some(_) => assert_eq!(repaired.kept, 0),
+            None => assert_eq!((repaired.kept, repaired.dropped_damaged), (49, 1)),
+        }
+        let mut store = ScoreStore::open(&path, DEFAULT_WAIT).unwrap().unwrap();
+        let report = store.check().unwrap();
+        assert_eq!((report.pages_ok, report.entries, report.damaged_entries), (true, repaired.kept, 0));
+    }
+
+    #[test]
+    fn repair_keeps_every_intact_entry_and_the_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, rows) = store_with(dir.path(), 50);
+        let repaired = repair(&path).unwrap();
+        assert_eq!((repaired.kept, repaired.dropped_damaged, repaired.read_stopped), (50, 0, None));
+        let store = ScoreStore::open(&path, DEFAULT_WAIT).unwrap().unwrap();
+        let keys: Vec<_> = rows.iter().map(|(k, _)| *k).collect();
+        let got = store.get_many(&[7u8; 16], &keys).unwrap();
+        assert_eq!(got, rows.iter().map(|(_, r)| Some(*r)).collect::<Vec<_>>());
+        assert_eq!(store.models().unwrap()[0].entries, 50);
+    }
+
+    #[test]
+    fn stores_written_before_checksums_are_moved_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut table = txn.open_table(SCORES_V1).unwrap();
+                table.insert(key(&[1u8; 16], 5), encode_v1(&row(2.5))).unwrap();
+                txn.open_table(MODELS).unwrap().insert([1u8; 16], "skyscore.model=org/old").unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = ScoreStore::open(&path, DEFAULT_WAIT).unwrap().unwrap();
+        assert_eq!(store.get_many(&[1u8; 16], &[5]).unwrap(), [Some(row(2.5))]);
+        assert_eq!(store.len().unwrap(), 1);
+    }
+
+    /// Bytes flipped anywhere in the file: opening, reading and checking give errors or the
+    /// right scores, never a panic and never a wrong score.
+    #[test]
+    fn damage_anywhere_gives_an_error_or_the_right_scores() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, rows) = store_with(dir.path(), 400);
+        let clean = std::fs::read(&path).unwrap();
+        let keys: Vec<_> = rows.iter().map(|(k, _)| *k).collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for case in 0..60 {
+            let mut bytes = clean.clone();
+            for _ in 0..1 + case % 4 {
+                let at = (next() % bytes.len() as u64) as usize;
+                bytes[at] ^= 1 << (next() % 8);
+            }
+            std::fs::write(&path, &bytes).unwrap();
+            let outcome = std::panic::catch_unwind(|| {
+                let Ok(Some(mut store)) = ScoreStore::open(&path, Duration::ZERO) else { return };
+                if let Ok(got) = store.get_many(&[7u8; 16], &keys) {
+                    for (g, (_, r)) in got.iter().zip(&rows) {
+                        assert!(g.is_none() || g.as_ref() == Some(r), "case {case}: a wrong score was read");
+                    }
+                }
+                let _ = store.len();
+                let _ = store.check();
+            });
+            assert!(outcome.is_ok(), "case {case}: a panic escaped the store");
+        }
     }
 
     #[test]

@@ -52,7 +52,9 @@ pub struct StoreFigures {
     #[serde(rename = "store")]
     pub path: Option<String>,
     pub committed_rows: usize,
-    pub unsaved_rows: usize,
+    /// Scores not saved because the store failed (the scorer went on without it), and why.
+    #[serde(flatten)]
+    pub outcome: skyscore_core::StoreOutcome,
 }
 
 #[derive(Serialize)]

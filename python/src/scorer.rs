@@ -213,7 +213,7 @@ impl Engine {
         let store = crate::report::StoreFigures {
             path: self.engine.store_path().map(|p| p.display().to_string()),
             committed_rows: self.engine.committed_rows(),
-            unsaved_rows: self.engine.unsaved_rows(),
+            outcome: self.engine.store_outcome(),
         };
         crate::report::to_json(&self.tally.lock().expect("tally lock"), &self.setup, &store, sql)
     }

@@ -137,6 +137,7 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     writer.finish()?;
 
     summary.skipped_rows += crate::io::jsonl::skipped(&skipped_lines);
+    summary.store = engine.store_outcome();
     summary.finish(started.elapsed().as_secs_f64());
     summary.distribution = distribution.summary(DETAILED_BINS);
     summary.token_lengths = lengths.summary(engine.checkpoint().arch.max_positions());

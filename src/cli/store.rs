@@ -1,4 +1,5 @@
-//! `skyscore store`: what the persistent score store holds, and emptying it.
+//! `skyscore store`: what the persistent score store holds, checking and repairing it, and
+//! emptying it.
 
 use std::path::PathBuf;
 
@@ -26,6 +27,12 @@ pub enum StoreCommand {
         #[arg(long)]
         model: Option<String>,
     },
+    /// Check the store: redb's check of its pages, then every entry's checksum. Exits non-zero
+    /// when anything is damaged. Slow on a large store.
+    Check,
+    /// Keep what is readable: copy every intact entry into a fresh store, move the damaged file
+    /// aside (NAME.damaged-<time>, kept), and put the fresh one in its place.
+    Repair,
 }
 
 pub fn run(args: StoreArgs) -> Result<()> {
@@ -34,6 +41,20 @@ pub fn run(args: StoreArgs) -> Result<()> {
     };
     if !path.exists() {
         let text = format!("{}: no score store yet (it is created by the first score or sql run)\n", path.display());
+        return write_stdout(&mut std::io::stdout().lock(), &text);
+    }
+    if let StoreCommand::Repair = args.command {
+        let report = skyscore_engine::store::repair(&path)?;
+        let mut text = format!(
+            "{}: kept {} scores, dropped {} damaged ones; the damaged file is {}\n",
+            path.display(),
+            report.kept,
+            report.dropped_damaged,
+            report.damaged_copy.display()
+        );
+        if let Some(reason) = report.read_stopped {
+            text.push_str(&format!("reading stopped early on damage ({reason}): scores after that point are lost\n"));
+        }
         return write_stdout(&mut std::io::stdout().lock(), &text);
     }
     let Some(mut store) = ScoreStore::open(&path, DEFAULT_WAIT)? else {
@@ -55,6 +76,23 @@ pub fn run(args: StoreArgs) -> Result<()> {
             let what = model.map_or("all models".to_string(), |m| format!("model {m}"));
             write_stdout(&mut out, &format!("removed {removed} scores of {what} from {}\n", path.display()))?;
         }
+        StoreCommand::Check => {
+            let report = store.check()?;
+            let pages = if report.pages_ok { "pages intact" } else { "pages damaged (redb repaired them)" };
+            write_stdout(
+                &mut out,
+                &format!(
+                    "{}: {pages}; {} entries, {} damaged\n",
+                    path.display(),
+                    report.entries,
+                    report.damaged_entries
+                ),
+            )?;
+            if !report.pages_ok || report.damaged_entries > 0 {
+                bail!("{}: damaged; `skyscore store repair --store {0}` keeps what is intact", path.display());
+            }
+        }
+        StoreCommand::Repair => {} // done above, before the store is opened
     }
     Ok(())
 }

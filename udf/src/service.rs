@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use skyscore_core::{
     conversation_key, ChatTurn, Conversation, ConversationKey, Distinct, ScoreDistribution, ScoreStats, Scorer,
-    ScorerError,
+    ScorerError, StoreOutcome,
 };
 
 use crate::cache::ScoreCache;
@@ -24,7 +24,7 @@ use crate::cache::ScoreCache;
 pub type ScorerLoader = Box<dyn Fn() -> Result<Arc<dyn Scorer>, String> + Send + Sync>;
 
 /// Totals since the service started.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ServiceStats {
     /// Non-null rows `skywork_score` / `skywork_score_chat` were evaluated on (every evaluation).
     pub rows: usize,
@@ -32,6 +32,8 @@ pub struct ServiceStats {
     pub cache_hits: usize,
     /// The model's work (`model_s`: wall time inside the worker's scoring calls).
     pub model: ScoreStats,
+    /// Scores the scorer's store failed to keep.
+    pub store: StoreOutcome,
 }
 
 struct Job {
@@ -147,6 +149,10 @@ impl ScoringService {
             rows: c.rows.load(Ordering::Relaxed),
             cache_hits: c.cache_hits.load(Ordering::Relaxed),
             model: *c.model.lock().expect("stats lock"),
+            store: match self.worker.get() {
+                Some(Ok(worker)) => worker.scorer.store_outcome(),
+                _ => StoreOutcome::default(),
+            },
         }
     }
 

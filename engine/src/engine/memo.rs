@@ -86,12 +86,21 @@ pub struct Memo {
     committed: AtomicUsize,
     /// Scores that could not be committed (the store failed to write).
     unsaved: AtomicUsize,
-    warned: AtomicBool,
+    /// Set by the first failed write: the store is set aside for the rest of the run.
+    failed: AtomicBool,
+    /// Why the store was set aside (for the end-of-run message).
+    failure: std::sync::Mutex<Option<String>>,
 }
 
 impl Memo {
     pub fn new(memory: Option<Box<dyn ScoreMemory>>) -> Self {
-        Self { memory, committed: AtomicUsize::new(0), unsaved: AtomicUsize::new(0), warned: AtomicBool::new(false) }
+        Self {
+            memory,
+            committed: AtomicUsize::new(0),
+            unsaved: AtomicUsize::new(0),
+            failed: AtomicBool::new(false),
+            failure: std::sync::Mutex::new(None),
+        }
     }
 
     pub fn store_path(&self) -> Option<&Path> {
@@ -154,30 +163,47 @@ impl Memo {
     /// rows the two share are in the store now.
     pub fn lookup(&self, keys: &[ConversationKey]) -> Result<Vec<Option<RowScore>>> {
         match &self.memory {
-            Some(memory) => memory.get_many(keys),
-            None => Ok(vec![None; keys.len()]),
+            Some(memory) if !self.failed.load(Ordering::Acquire) => memory.get_many(keys),
+            _ => Ok(vec![None; keys.len()]),
         }
     }
 
-    /// Commits one device batch's scores. A store that fails to write does not stop the run:
-    /// the first failure is logged, and every score not kept is counted (see
-    /// [`Self::unsaved_rows`]).
+    /// Commits one device batch's scores.
+    ///
+    /// The policy for a store that fails to write (a full disk, an I/O error), the same for
+    /// `score`, `sql` and cluster executors: the run goes on without the store. The first
+    /// failure is logged and sets the store aside for the rest of the run (after a failed
+    /// commit, redb refuses reads too, so looking up there would end the run instead); every
+    /// score not kept is counted ([`Self::unsaved_rows`]) and the end-of-run summary says how
+    /// many a rerun will compute again. Scores already committed stay in the store.
     pub fn commit(&self, rows: &[(ConversationKey, RowScore)]) {
         let Some(memory) = &self.memory else { return };
+        if self.failed.load(Ordering::Acquire) {
+            self.unsaved.fetch_add(rows.len(), Ordering::Relaxed);
+            return;
+        }
         match memory.put_many(rows) {
             Ok(()) => {
                 self.committed.fetch_add(rows.len(), Ordering::Relaxed);
             }
             Err(e) => {
                 self.unsaved.fetch_add(rows.len(), Ordering::Relaxed);
-                if !self.warned.swap(true, Ordering::Relaxed) {
+                if !self.failed.swap(true, Ordering::AcqRel) {
+                    let reason = format!("{e:#}");
                     tracing::warn!(
-                        "cannot write to the score store {}: {e:#}; scores go on without it",
+                        "cannot write to the score store {}: {reason}; the run goes on without the store \
+                         (scores computed from now on are not saved)",
                         memory.path().display()
                     );
+                    *self.failure.lock().expect("failure lock") = Some(reason);
                 }
             }
         }
+    }
+
+    /// Why the store was set aside during this run, if it was.
+    pub fn store_failure(&self) -> Option<String> {
+        self.failure.lock().expect("failure lock").clone()
     }
 
     /// Scores computed but not kept because the store failed to write.
@@ -201,17 +227,23 @@ mod tests {
     struct FakeMemory {
         rows: Mutex<HashMap<ConversationKey, RowScore>>,
         fail_writes: AtomicBool,
+        /// Set by a failed write: reads fail from then on, as redb's do after an I/O error.
+        poisoned: AtomicBool,
         path: PathBuf,
     }
 
     impl ScoreMemory for std::sync::Arc<FakeMemory> {
         fn get_many(&self, keys: &[ConversationKey]) -> Result<Vec<Option<RowScore>>> {
+            if self.poisoned.load(Ordering::Relaxed) {
+                anyhow::bail!("Previous I/O error occurred. Please close and re-open the database.");
+            }
             let rows = self.rows.lock().unwrap();
             Ok(keys.iter().map(|k| rows.get(k).copied()).collect())
         }
 
         fn put_many(&self, rows: &[(ConversationKey, RowScore)]) -> Result<()> {
             if self.fail_writes.load(Ordering::Relaxed) {
+                self.poisoned.store(true, Ordering::Relaxed);
                 anyhow::bail!("No space left on device");
             }
             self.rows.lock().unwrap().extend(rows.iter().copied());
@@ -268,10 +300,17 @@ mod tests {
     #[test]
     fn a_failing_store_counts_what_it_did_not_keep() {
         let fake = std::sync::Arc::new(FakeMemory::default());
+        let memo = Memo::new(Some(Box::new(fake.clone())));
+        memo.commit(&[(1, score(1.0))]);
         fake.fail_writes.store(true, Ordering::Relaxed);
-        let memo = Memo::new(Some(Box::new(fake)));
-        memo.commit(&[(1, score(1.0)), (2, score(2.0))]);
-        memo.commit(&[(3, score(3.0))]);
-        assert_eq!((memo.committed_rows(), memo.unsaved_rows()), (0, 3));
+        memo.commit(&[(2, score(2.0)), (3, score(3.0))]);
+        memo.commit(&[(4, score(4.0))]);
+        assert_eq!((memo.committed_rows(), memo.unsaved_rows()), (1, 3));
+        assert!(memo.store_failure().unwrap().contains("No space left"));
+        // The store is set aside: later chunks plan without it instead of failing on its reads.
+        let rows = vec![Ok(conversation("a")), Ok(conversation("b"))];
+        let plan = memo.plan(&rows).unwrap();
+        assert_eq!(plan.todo_rows, [0, 1]);
+        assert_eq!(memo.lookup(&[1]).unwrap(), [None]);
     }
 }

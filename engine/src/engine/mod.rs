@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 use skyscore_core::{
     ChatTurn, Conversation, ConversationKey, ModelFacts, RowResult, RowScore, ScoreStats, Scored, Scorer, ScorerError,
+    StoreOutcome,
 };
 
 pub use load::{describe_model, ComputePath};
@@ -183,6 +184,11 @@ impl Engine {
     /// Scores computed but not kept because the store failed to write.
     pub fn unsaved_rows(&self) -> usize {
         self.memo.unsaved_rows()
+    }
+
+    /// Whether the store failed during this run, and what it cost.
+    pub fn store_outcome(&self) -> StoreOutcome {
+        StoreOutcome { unsaved_rows: self.memo.unsaved_rows(), store_failure: self.memo.store_failure() }
     }
 
     /// The score store this engine reads and writes, if any.
@@ -364,5 +370,9 @@ impl Scorer for Engine {
 
     fn facts(&self) -> ModelFacts {
         self.facts.clone()
+    }
+
+    fn store_outcome(&self) -> StoreOutcome {
+        Engine::store_outcome(self)
     }
 }

@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod layers;
 pub mod llama;
 pub mod qwen3;
+mod validate;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -30,6 +31,11 @@ pub enum ArchError {
     NumLabels(usize),
     #[error(transparent)]
     Invalid(#[from] serde_json::Error),
+    /// A number the forward pass uses is out of range or disagrees with another.
+    #[error("`{field}` {reason}")]
+    Field { field: &'static str, reason: String },
+    #[error("`{field}` {reason}")]
+    TokenId { field: &'static str, reason: String },
 }
 
 /// A batch as the model consumes it. Today rows are right-padded to a common length
@@ -103,7 +109,35 @@ impl ArchConfig {
         if num_labels != 1 {
             return Err(ArchError::NumLabels(num_labels));
         }
+        arch.shape().validate()?;
+        validate::validate_token_ids(config, arch.vocab_size())?;
         Ok(arch)
+    }
+
+    /// The numbers the forward pass uses, for [`validate::DecoderShape::validate`].
+    fn shape(&self) -> validate::DecoderShape<'_> {
+        macro_rules! shape {
+            ($c:expr) => {
+                validate::DecoderShape {
+                    vocab_size: $c.vocab_size,
+                    hidden_size: $c.hidden_size,
+                    intermediate_size: $c.intermediate_size,
+                    num_hidden_layers: $c.num_hidden_layers,
+                    num_attention_heads: $c.num_attention_heads,
+                    num_key_value_heads: $c.num_key_value_heads,
+                    head_dim: $c.head_dim,
+                    rms_norm_eps: $c.rms_norm_eps,
+                    max_position_embeddings: $c.max_position_embeddings,
+                    rope_theta: $c.rope_theta,
+                    rope_scaling: $c.rope_scaling.as_ref(),
+                    rope_parameters: $c.rope_parameters.as_ref(),
+                }
+            };
+        }
+        match self {
+            ArchConfig::Llama(c) => shape!(c),
+            ArchConfig::Qwen3(c) => shape!(c),
+        }
     }
 
     pub fn name(&self) -> &'static str {

@@ -1,0 +1,123 @@
+//! config.json is untrusted input: whatever numbers it holds, loading and scoring end in an
+//! error that names the file and the field, or in a score, never in a panic or a hang.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use skyscore_core::{ScoreRequest, Scorer};
+use skyscore_engine::{Engine, EngineOptions};
+
+/// A copy of tiny-llama (Qwen3 when `qwen3`) whose config.json is `config`; the weights are linked.
+fn checkpoint_with(dir: &Path, config: &Value, qwen3: bool) {
+    let source = model_dir(if qwen3 { "tiny-qwen3" } else { "tiny-llama" });
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        if name == "config.json" {
+            continue;
+        }
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            std::os::unix::fs::symlink(&path, dir.join(name)).unwrap();
+        } else {
+            std::fs::copy(&path, dir.join(name)).unwrap();
+        }
+    }
+    std::fs::write(dir.join("config.json"), serde_json::to_vec(config).unwrap()).unwrap();
+}
+
+fn base_config(qwen3: bool) -> Value {
+    let source = model_dir(if qwen3 { "tiny-qwen3" } else { "tiny-llama" });
+    serde_json::from_slice(&std::fs::read(source.join("config.json")).unwrap()).unwrap()
+}
+
+/// Loads and scores one row; `Err` carries the error text.
+fn load_and_score(dir: &Path) -> Result<f32, String> {
+    let options = EngineOptions { store: None, ..Default::default() };
+    let engine = Engine::load(dir.to_str().unwrap(), &options).map_err(|e| e.to_string())?;
+    let conversation = ScoreRequest::new("Name a color.", None, "Blue.").conversation();
+    let scored = engine.score(&[conversation]).map_err(|e| e.to_string())?;
+    scored.rows[0].clone().map(|r| r.score)
+}
+
+const FIELDS: &[&str] = &[
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rms_norm_eps",
+    "max_position_embeddings",
+    "rope_theta",
+    "pad_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "num_labels",
+];
+
+fn any_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(json!(0)),
+        Just(json!(1)),
+        Just(json!(-1)),
+        Just(json!(3)),
+        Just(json!(u64::MAX)),
+        Just(json!(1u64 << 40)),
+        Just(json!(null)),
+        Just(json!("12")),
+        Just(json!(1e308)),
+        Just(json!(-0.0)),
+        Just(json!([1, 2])),
+        (0u64..5000).prop_map(|v| json!(v)),
+        (-10.0f64..10.0).prop_map(|v| json!(v)),
+    ]
+}
+
+proptest! {
+    // Each case loads a tiny checkpoint (tens of milliseconds): 64 cases keep CI fast.
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_config_numbers_give_an_error_or_a_score(
+        qwen3 in any::<bool>(),
+        changes in proptest::collection::vec((0..FIELDS.len(), any_value()), 1..3),
+    ) {
+        let mut config = base_config(qwen3);
+        for (field, value) in &changes {
+            config[FIELDS[*field]] = value.clone();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        checkpoint_with(dir.path(), &config, qwen3);
+        match load_and_score(dir.path()) {
+            Ok(score) => prop_assert!(score.is_finite()),
+            Err(message) => prop_assert!(!message.is_empty()),
+        }
+    }
+}
+
+/// The cases of the issue, each with the message a user gets.
+#[test]
+fn broken_configs_name_the_file_and_the_field() {
+    let cases: &[(&str, Value, &str)] = &[
+        ("num_attention_heads", json!(0), "`num_attention_heads` is 0; must be between 1 and 1024"),
+        ("num_key_value_heads", json!(3), "`num_key_value_heads` is 3; must divide num_attention_heads"),
+        ("hidden_size", json!(1u64 << 40), "`hidden_size` is 1099511627776; must be between 1 and 65536"),
+        ("rms_norm_eps", json!(0.0), "`rms_norm_eps` is 0; must be a positive finite number"),
+        ("pad_token_id", json!(99_999_999), "`pad_token_id` is 99999999; must be a token id below vocab_size"),
+        ("eos_token_id", json!([1, 70_000]), "`eos_token_id` is 70000; must be a token id below vocab_size"),
+        ("head_dim", json!(7), "`head_dim` is 7; rotary embeddings need an even size"),
+    ];
+    for (field, value, expected) in cases {
+        let mut config = base_config(false);
+        config[*field] = value.clone();
+        let dir = tempfile::tempdir().unwrap();
+        checkpoint_with(dir.path(), &config, false);
+        let err = load_and_score(dir.path()).unwrap_err();
+        assert!(err.contains("config.json") && err.contains(expected), "{field}: {err}");
+    }
+}
