@@ -81,6 +81,11 @@ pub struct ExecutorArgs {
     /// JSON file, rewritten after every scoring call.
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,
+    /// Memory DataFusion's operators may use (sorts, joins, aggregations spill to --work-dir
+    /// beyond it), in GB, shared by the concurrent tasks; 0 for no limit. [default: the
+    /// machine's memory minus the model's weights (on CPU) minus max(2 GB, 10%)]
+    #[arg(long, value_name = "GB")]
+    pub memory_pool: Option<f64>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -97,6 +102,7 @@ pub fn run(args: ClusterArgs) -> Result<()> {
         ClusterCommand::Executor(a) => {
             check_report_paths(a.stats_json.as_deref(), None)?;
             let engine = a.engine.resolve()?;
+            let engine_for_pool = engine.clone();
             let scheduler = crate::cluster::parse_address(&a.scheduler).context("--scheduler")?;
             let external_host = a.external_host.or_else(|| {
                 let ip = a.bind.ip();
@@ -113,6 +119,7 @@ pub fn run(args: ClusterArgs) -> Result<()> {
                 engine,
                 cache_entries: a.cache_entries,
                 stats_json: a.stats_json,
+                memory_pool: crate::cluster::executor::memory_pool(a.memory_pool, &engine_for_pool)?,
             }))
         }
     }

@@ -218,6 +218,22 @@ fn model_facts(checkpoint: &Checkpoint, template_sha256: &str, options: &EngineO
     }
 }
 
+/// Bytes of host memory the model's weights take once loaded with `options`, from config.json
+/// alone (parameters × the dtype's size; on GPUs the weights live on the card: 0).
+pub fn resident_weight_bytes(model: &str, options: &EngineOptions) -> anyhow::Result<u64> {
+    if options.on_gpu() {
+        return Ok(0);
+    }
+    let files = FileSource::new(ModelSource::parse(model)?);
+    let checkpoint = Checkpoint::describe(model, &files).with_context(|| format!("reading model `{model}`"))?;
+    let bytes_per_parameter: u64 = match options.dtype {
+        crate::models::Dtype::F32 => 4,
+        // The CPU bf16 paths keep f32 copies of the weights they round (one per replica).
+        crate::models::Dtype::F16 | crate::models::Dtype::Bf16 => 4,
+    };
+    Ok(checkpoint.arch.parameter_count() * bytes_per_parameter * options.devices.0.len() as u64)
+}
+
 /// The [`ModelFacts`] of `model` run with `options`, from its small files only (a hub model's
 /// weights are not downloaded): what a cluster client expects of the executors.
 pub fn describe_model(model: &str, options: &EngineOptions) -> anyhow::Result<ModelFacts> {

@@ -24,7 +24,7 @@ use skyscore_core::{
     StoreOutcome,
 };
 
-pub use load::{describe_model, ComputePath};
+pub use load::{describe_model, resident_weight_bytes, ComputePath};
 use memo::Memo;
 use runner::Runner;
 
@@ -97,12 +97,17 @@ impl EngineOptions {
     }
 }
 
-/// The default `max_memory`: 80% of the machine's memory (Linux: MemTotal of /proc/meminfo); elsewhere no limit.
-pub fn default_max_memory() -> Option<u64> {
+/// The machine's memory in bytes (Linux: MemTotal of /proc/meminfo); `None` elsewhere.
+pub fn host_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kb: u64 =
         text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kb * 1024 / 10 * 8)
+    Some(kb * 1024)
+}
+
+/// The default `max_memory`: 80% of the machine's memory; elsewhere no limit.
+pub fn default_max_memory() -> Option<u64> {
+    host_memory().map(|bytes| bytes / 10 * 8)
 }
 
 /// Default padded-token budget of one forward pass. On a GPU it is what keeps the card busy

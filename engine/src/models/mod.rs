@@ -147,6 +147,18 @@ impl ArchConfig {
         }
     }
 
+    /// Parameters of the decoder and its embedding (norms and the one-row score head are
+    /// negligible): what the weights cost in memory.
+    pub fn parameter_count(&self) -> u64 {
+        let s = self.shape();
+        let (h, i, layers) = (s.hidden_size as u64, s.intermediate_size as u64, s.num_hidden_layers as u64);
+        let heads = s.num_attention_heads as u64;
+        let kv = s.num_key_value_heads.unwrap_or(s.num_attention_heads) as u64;
+        let head_dim = s.head_dim.map_or(h / heads.max(1), |d| d as u64);
+        let attention = h * heads * head_dim * 2 + h * kv * head_dim * 2;
+        s.vocab_size as u64 * h + layers * (attention + 3 * h * i)
+    }
+
     /// `max_position_embeddings`, when config.json gives it.
     pub fn max_positions(&self) -> Option<usize> {
         match self {
