@@ -153,6 +153,54 @@ mod tests {
         assert!(err.contains("d.jsonl: line 3: not valid JSON"), "{err}");
     }
 
+    /// One line of a JSON Lines file as users' files have them: a good row, an empty line, a
+    /// truncated row, arbitrary text, another JSON value.
+    fn any_line() -> impl proptest::strategy::Strategy<Value = (String, bool)> {
+        use proptest::prelude::*;
+        prop_oneof![
+            ("\\PC{0,30}", "\\PC{0,30}").prop_map(|(i, o)| {
+                (serde_json::json!({"instruction": i, "input": "", "output": o}).to_string(), true)
+            }),
+            Just((String::new(), false)),
+            "\\PC{0,30}".prop_map(|t| (format!("{{\"instruction\": \"{}", t.replace(['"', '\\'], "")), false)),
+            "\\PC{1,40}".prop_map(|t| (t, false)),
+            Just(("[1, 2]".to_string(), false)),
+            Just(("42".to_string(), false)),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 64,
+            failure_persistence: None,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(2026),
+            ..Default::default()
+        })]
+
+        /// Any file: its rows, or an error naming the file and a line; with `skip_invalid`, the
+        /// good rows and a count of the rest. Never a panic.
+        #[test]
+        fn any_lines_give_rows_or_an_error_naming_the_line(lines in proptest::collection::vec(any_line(), 0..10)) {
+            let text: String = lines.iter().map(|(l, _)| format!("{l}\n")).collect();
+            let (_dir, path) = write(&text);
+            let good = lines.iter().filter(|(_, ok)| *ok).count();
+            match open(&path, 3, false) {
+                Ok(table) => {
+                    let rows: usize = table.batches.map(|b| b.map(|b| b.num_rows()).unwrap_or(0)).sum();
+                    proptest::prop_assert!(rows <= lines.len());
+                }
+                Err(e) => {
+                    let e = format!("{e:#}");
+                    proptest::prop_assert!(e.contains("d.jsonl: line "), "{}", e);
+                }
+            }
+            if let Ok(table) = open(&path, 3, true) {
+                let rows: usize = table.batches.map(|b| b.map(|b| b.num_rows()).unwrap_or(0)).sum();
+                proptest::prop_assert!(rows >= good, "{} good rows, {} read", good, rows);
+            }
+        }
+    }
+
     #[test]
     fn skip_invalid_skips_and_counts_bad_lines() {
         let (_dir, path) = write(TEXT);
