@@ -523,3 +523,25 @@ fn errors_carry_no_backtrace_with_rust_backtrace_set() {
         assert!(!err.to_lowercase().contains("backtrace") && !err.contains("  0: "), "{err}");
     }
 }
+
+/// A chat template is a program from the checkpoint: one that would loop 10^10 times is stopped
+/// for each row with an error naming the template, never a hang.
+#[test]
+fn a_hostile_chat_template_is_a_row_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = copy_model("tiny-llama", dir.path());
+    edit_json(&m.join("tokenizer_config.json"), |c| {
+        c["chat_template"] =
+            serde_json::json!("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x");
+    });
+    let input = write(dir.path(), "rows.jsonl", "{\"instruction\": \"a\", \"output\": \"b\"}\n");
+    let out = dir.path().join("out.jsonl");
+    let started = std::time::Instant::now();
+    let run = score(p(&m), &input, &out, &["--no-store"]);
+    assert_clean_failure(&run, "ran past its work limit of 10000000 steps");
+    assert!(stderr(&run).contains("row 0"), "{}", stderr(&run));
+    let run = score(p(&m), &input, &out, &["--no-store", "--skip-invalid"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "{\"id\":0,\"score\":null}");
+}

@@ -20,6 +20,50 @@ pub enum TemplateError {
     Compile(JinjaError),
     #[error("the chat template failed to render: {0:#}")]
     Render(JinjaError),
+    /// A template is a program from the checkpoint: one that loops for too long is stopped.
+    #[error(
+        "the chat template (sha256 {sha}) ran past its work limit of {limit} steps for this row; \
+         a real chat template needs thousands, so this checkpoint's template is broken or hostile"
+    )]
+    OutOfFuel { sha: String, limit: u64 },
+    #[error(
+        "the chat template (sha256 {sha}) wrote more than {limit} bytes for a row of {content} bytes; \
+         a real chat template adds a few hundred, so this checkpoint's template is broken or hostile"
+    )]
+    OutputTooLarge { sha: String, limit: usize, content: usize },
+}
+
+/// Steps (minijinja's fuel: about one per template instruction) one rendering may take. The real
+/// templates take far less: see `real_templates_use_little_fuel` in tests/ for the measured
+/// figures. A hostile template that loops 10^10 times is stopped in well under a second.
+pub const TEMPLATE_FUEL: u64 = 10_000_000;
+
+/// The most a rendering may write: its messages' text four times over (a template may repeat it,
+/// as tool-calling templates quote arguments) plus 1 MiB of markup.
+fn output_limit(content_bytes: usize) -> usize {
+    content_bytes.saturating_mul(4).saturating_add(1 << 20)
+}
+
+/// A writer that refuses to grow past `limit` bytes.
+struct BoundedWriter {
+    out: Vec<u8>,
+    limit: usize,
+    exceeded: bool,
+}
+
+impl std::io::Write for BoundedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.limit {
+            self.exceeded = true;
+            return Err(std::io::Error::other("the template's output limit was reached"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A compiled chat template plus the special-token strings transformers passes to it.
@@ -43,6 +87,7 @@ impl ChatTemplate {
             .expect("default delimiters are valid");
         env.set_syntax(syntax);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.add_filter("tojson", tojson);
         env.add_filter("trim", python_trim);
         env.add_function("raise_exception", raise_exception);
@@ -65,7 +110,32 @@ impl ChatTemplate {
         ctx.insert("tools".into(), Value::from(()));
         ctx.insert("documents".into(), Value::from(()));
         let template = self.env.get_template(TEMPLATE_NAME).map_err(TemplateError::Render)?;
-        template.render(ctx).map_err(TemplateError::Render)
+        let content: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum();
+        let mut writer = BoundedWriter { out: Vec::new(), limit: output_limit(content), exceeded: false };
+        let rendered = template.render_captured_to(ctx, &mut writer);
+        match rendered {
+            Ok(_) => String::from_utf8(writer.out)
+                .map_err(|_| TemplateError::Render(JinjaError::new(ErrorKind::BadSerialization, "invalid UTF-8"))),
+            Err(_) if writer.exceeded => Err(TemplateError::OutputTooLarge {
+                sha: self.source_sha256[..12].to_string(),
+                limit: writer.limit,
+                content,
+            }),
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => {
+                Err(TemplateError::OutOfFuel { sha: self.source_sha256[..12].to_string(), limit: TEMPLATE_FUEL })
+            }
+            Err(e) => Err(TemplateError::Render(e)),
+        }
+    }
+
+    /// The fuel one rendering of `messages` takes (for the limit's measured margin).
+    pub fn fuel_used(&self, messages: &[ChatTurn<'_>], add_generation_prompt: bool) -> Option<u64> {
+        let mut ctx: BTreeMap<String, Value> = self.special_tokens.clone();
+        ctx.insert("messages".into(), Value::from(Serde(messages)));
+        ctx.insert("add_generation_prompt".into(), Value::from(add_generation_prompt));
+        let template = self.env.get_template(TEMPLATE_NAME).ok()?;
+        let captured = template.render_captured_to(ctx, std::io::sink()).ok()?;
+        captured.state().fuel_levels().map(|(consumed, _)| consumed)
     }
 }
 
@@ -307,6 +377,44 @@ fn python_float_repr(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn chat(src: &str) -> ChatTemplate {
+        ChatTemplate::new(src, BTreeMap::new()).unwrap()
+    }
+
+    fn one_turn() -> Vec<ChatTurn<'static>> {
+        vec![ChatTurn::new("user", "hello there, a short message")]
+    }
+
+    #[test]
+    fn a_template_that_loops_too_long_is_stopped() {
+        let t = chat("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x");
+        let err = t.render(&one_turn(), false).unwrap_err();
+        assert!(matches!(err, TemplateError::OutOfFuel { .. }), "{err}");
+        assert!(err.to_string().contains("work limit of 10000000 steps"), "{err}");
+    }
+
+    #[test]
+    fn a_template_that_doubles_a_string_is_stopped() {
+        // 40 doublings would ask for a terabyte; minijinja charges fuel by the work done.
+        let t = chat(
+            "{% set ns = namespace(x='a') %}{% for i in range(40) %}{% set ns.x = ns.x ~ ns.x %}{% endfor %}{{ ns.x }}",
+        );
+        let err = t.render(&one_turn(), false).unwrap_err();
+        assert!(matches!(err, TemplateError::OutOfFuel { .. } | TemplateError::OutputTooLarge { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_template_that_writes_too_much_is_stopped() {
+        let t = chat(
+            "{% for i in range(1000) %}{% for j in range(1000) %}{{ messages[0].content }}{% endfor %}{% endfor %}",
+        );
+        let err = t.render(&one_turn(), false).unwrap_err();
+        assert!(matches!(err, TemplateError::OutputTooLarge { content: 32, .. }), "{err}");
+        // A template that repeats the content a few times stays well inside the limit.
+        let ok = chat("{% for i in range(4) %}{{ messages[0].content }}{% endfor %}").render(&one_turn(), false);
+        assert_eq!(ok.unwrap().len(), 4 * 28);
+    }
 
     fn render(src: &str, ctx: Value) -> String {
         let t = ChatTemplate::new(src, BTreeMap::new()).unwrap();

@@ -203,6 +203,43 @@ fn real_templates_render_like_transformers() {
     }
 }
 
+/// The template work limit leaves a wide margin over what the real Llama-3 and Qwen3 templates
+/// need, measured on every sample row (the longest included) and the transformers cases.
+#[test]
+fn real_templates_use_little_fuel() {
+    use skyscore_core::ChatTurn;
+    use skyscore_engine::checkpoint::Checkpoint;
+    use skyscore_engine::hub::{FileSource, ModelSource};
+    use skyscore_engine::template::{ChatTemplate, TEMPLATE_FUEL};
+
+    #[derive(serde::Deserialize)]
+    struct Row {
+        instruction: String,
+        #[serde(default)]
+        input: Option<String>,
+        output: String,
+    }
+    let rows: Vec<Row> = read_jsonl(&repo().join("sample_data/sft_sample.jsonl"));
+    for (which, model) in [("llama3", "tiny-llama"), ("qwen3", "tiny-qwen3")] {
+        let ckpt = Checkpoint::resolve("t", &FileSource::new(ModelSource::Local(model_dir(model)))).unwrap();
+        let template = ChatTemplate::new(ckpt.chat_template.as_deref().unwrap(), ckpt.special_tokens()).unwrap();
+        let mut most = 0;
+        for row in &rows {
+            let conversation = ScoreRequest::new(&row.instruction, row.input.as_deref(), &row.output).conversation();
+            most = most.max(template.fuel_used(&conversation, false).expect("renders"));
+        }
+        // A long multi-turn conversation: the fuel grows with the number of turns, not their length.
+        let turns: Vec<ChatTurn> =
+            (0..64).map(|i| ChatTurn::new(if i % 2 == 0 { "user" } else { "assistant" }, "x".repeat(10_000))).collect();
+        let long = template.fuel_used(&turns, false).expect("renders");
+        eprintln!(
+            "{which}: fuel used: at most {most} on the 320 sample rows, {long} on 64 turns; limit {TEMPLATE_FUEL}"
+        );
+        assert!(most > 0 && long > 0, "fuel is counted");
+        assert!(long * 100 <= TEMPLATE_FUEL, "{which}: {long} steps for 64 turns leaves under a 100x margin");
+    }
+}
+
 /// Half-precision weights run the same path; scores stay within half-precision noise of
 /// transformers' f32 scores. bf16 has three CPU paths, each checked against its own measured
 /// bound: candle's bf16 (the GPU's path; forced here with `candle_bf16`), bf16-rounded weights in
