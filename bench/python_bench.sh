@@ -73,7 +73,8 @@ result = {
     "max_abs_score_delta": max_delta,
     "notes": "scoring: after the model loaded (CLI: wall_s - load_s of --stats-json, which includes reading "
              "and writing files; Python: pq.read_table + score_table). process: the whole process, "
-             "interpreter and imports included.",
+             "interpreter and imports included. max_abs_score_delta: the CLI's JSON Lines print each f32 "
+             "in its shortest form; read back as a double it differs from the exact f32 by under one f32 ulp.",
 }
 json.dump(result, open(f"bench/results/python-binding-{cpu_class}.json", "w"), indent=2)
 print(json.dumps(result, indent=2))

@@ -39,7 +39,8 @@ for k in $(seq "$KILLS"); do
   score --output "$WORK/soak.parquet" --store "$WORK/store.redb" 2>/dev/null &
   pid=$!
   # A random point in the first 60% of a clean run: later runs start with rows in the store.
-  point=$(echo "scale=2; $clean_s * ($RANDOM % 60 + 1) / 100" | bc)
+  percent=$((RANDOM % 60 + 1))
+  point=$(echo "scale=2; $clean_s * $percent / 100" | bc)
   points+=("$point")
   sleep "$point"
   kill -9 "$pid" 2>/dev/null || true
@@ -71,7 +72,8 @@ address=$(awk '{print $NF}' "$WORK/scheduler.out")
 executor() { # N: start executor N (its own ports and store)
   "$BIN" cluster executor --scheduler "$address" --bind "127.0.0.1:$((52300 + 10 * $1))" \
     --grpc-port $((52301 + 10 * $1)) --concurrent-tasks 1 --heartbeat-interval 1 --model "$MODEL" \
-    --max-length 64 --store "$WORK/executor-$1.redb" --work-dir "$WORK/work-$1" 2>"$WORK/executor-$1.log" &
+    --max-length 64 --store "$WORK/executor-$1.redb" --work-dir "$WORK/work-$1" \
+    >"$WORK/executor-$1.out" 2>"$WORK/executor-$1.log" &
   echo $!
 }
 mkdir -p "$WORK/work-0" "$WORK/work-1"
@@ -84,7 +86,8 @@ t4=$(now)
 client=$!
 cluster_kills=()
 for k in 1 2; do
-  point=$(echo "scale=2; ($RANDOM % 30 + 10) / 10" | bc)
+  tenths=$((RANDOM % 30 + 10))
+  point=$(echo "scale=1; $tenths / 10" | bc)
   sleep "$point"
   kill -9 "$e1" 2>/dev/null || true
   cluster_kills+=("$point")

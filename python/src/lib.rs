@@ -12,8 +12,27 @@ mod udf;
 
 use pyo3::prelude::*;
 
+// The Rust side of the module allocates through mimalloc (Python's own objects do not). Measured:
+// with glibc's allocator the binding scored 22% slower than the CLI (llama-bench, AVX2 EPYC).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+extern "C" {
+    /// mimalloc's option setter (exported by the C library the `mimalloc` crate links).
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// `mi_option_purge_delay` in mimalloc's `mi_option_t`.
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
 #[pymodule]
 fn _skyscore(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // As the CLI does (src/main.rs): keep freed activation memory instead of returning it to
+    // the kernel after 10 ms; the next batch would pay for zeroed pages again.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one integer option; mimalloc reads options atomically.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // The datafusion-ffi version the UDFs are built with; datafusion-python must share its major.
     m.add("DATAFUSION_FFI_MAJOR", udf::FFI_MAJOR)?;
