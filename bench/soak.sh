@@ -36,7 +36,10 @@ echo "soak: clean run $clean_s s"
 points=()
 t2=$(now)
 for k in $(seq "$KILLS"); do
-  score --output "$WORK/soak.parquet" --store "$WORK/store.redb" 2>/dev/null &
+  # The binary itself in the background (a function would run in a subshell that kill -9
+  # would end, leaving skyscore running).
+  "$BIN" score --model "$MODEL" --max-length 64 --input "$WORK/rows.parquet" --no-progress \
+    --output "$WORK/soak.parquet" --store "$WORK/store.redb" 2>/dev/null &
   pid=$!
   # A random point in the first 60% of a clean run: later runs start with rows in the store.
   percent=$((RANDOM % 60 + 1))
@@ -45,6 +48,7 @@ for k in $(seq "$KILLS"); do
   sleep "$point"
   kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
+  if kill -0 "$pid" 2>/dev/null; then echo "soak: process $pid survived kill -9"; exit 1; fi
   echo "soak: kill $k after $point s; store: $("$BIN" store info --store "$WORK/store.redb" | head -1)"
 done
 score --output "$WORK/soak.parquet" --store "$WORK/store.redb" --stats-json "$WORK/final.json" 2>/dev/null
