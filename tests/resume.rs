@@ -381,3 +381,47 @@ fn store_info_and_clear_by_model() {
     let text = String::from_utf8_lossy(&info.stdout).into_owned();
     assert!(text.contains(": 2 scores") && text.contains("tiny-llama") && !text.contains("tiny-qwen3"), "{text}");
 }
+
+/// A store damaged on disk: a run stops with an error naming the file and the way out, never a
+/// panic or a wrong score; `store check` says so with a non-zero exit; `store repair` keeps the
+/// damaged file beside a fresh one, and the next run scores again from there.
+#[test]
+fn a_damaged_store_is_named_checked_and_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("scores.redb");
+    let input = repo().join("sample_data/sft_sample.parquet");
+    let out = dir.path().join("out.jsonl");
+    let model = model_dir("tiny-llama");
+    let run = || score(p(&model), &input, &out, &["--store", p(&store), "--no-progress"]);
+    assert!(run().status.success());
+    let check = skyscore(&["store", "check", "--store", p(&store)]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("pages intact; 320 entries, 0 damaged"));
+
+    // Garbage over the middle of the file.
+    let mut bytes = std::fs::read(&store).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle - 2000..middle + 2000].fill(0x67);
+    std::fs::write(&store, &bytes).unwrap();
+
+    let failed = run();
+    let err = stderr(&failed);
+    assert!(!failed.status.success() || err.contains("damaged entries"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    if !failed.status.success() {
+        assert!(err.contains(&format!("the score store {} is damaged", store.display())), "{err}");
+        assert!(err.contains("skyscore store repair") && err.contains("--no-store"), "{err}");
+    }
+    let repair = skyscore(&["store", "repair", "--store", p(&store)]);
+    assert!(repair.status.success(), "{}", stderr(&repair));
+    let kept: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("scores.redb.damaged-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "the damaged file is kept beside the fresh store");
+    let again = run();
+    assert!(again.status.success(), "{}", stderr(&again));
+    let check = skyscore(&["store", "check", "--store", p(&store)]);
+    assert!(check.status.success(), "{}", stderr(&check));
+}

@@ -138,13 +138,20 @@ fn install_quiet_panic_hook() {
     });
 }
 
-/// What a user can do about a damaged store.
+/// A store that cannot be read as a store: the message says what the user can do about it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the score store {shown} is damaged ({reason}). Run `skyscore store repair --store {shown}` to keep what is \
+     readable (the damaged file is kept beside it), or move the file aside; `--no-store` runs without a store"
+)]
+pub struct StoreDamaged {
+    shown: String,
+    /// What redb said.
+    pub reason: String,
+}
+
 fn damaged(path: &Path, what: impl std::fmt::Display) -> anyhow::Error {
-    anyhow!(
-        "the score store {} is damaged ({what}). Run `skyscore store repair --store {0}` to keep what is \
-         readable (the damaged file is kept beside it), or move the file aside; `--no-store` runs without a store",
-        path.display()
-    )
+    StoreDamaged { shown: path.display().to_string(), reason: what.to_string() }.into()
 }
 
 /// Runs redb code for the store at `path`; a panic inside becomes a [`damaged`] error.
@@ -204,6 +211,13 @@ impl ScoreStore {
                 Err(DatabaseError::DatabaseAlreadyOpen) => return Ok(None),
                 Err(DatabaseError::Storage(redb::StorageError::Corrupted(reason))) => {
                     return Err(damaged(path, reason))
+                }
+                // Structures pointing past the end of the file, or bytes that do not decode:
+                // damage, not a failing disk.
+                Err(DatabaseError::Storage(redb::StorageError::Io(e)))
+                    if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData) =>
+                {
+                    return Err(damaged(path, e))
                 }
                 Err(e) => return Err(e).with_context(|| format!("score store {}", path.display())),
             }
@@ -439,7 +453,10 @@ pub fn repair(path: &Path) -> Result<RepairReport> {
         Ok(())
     })
     .err()
-    .map(|e| format!("{e:#}"));
+    .map(|e| match e.downcast_ref::<StoreDamaged>() {
+        Some(d) => d.reason.clone(),
+        None => format!("{e:#}"),
+    });
     {
         let txn = fresh.db.begin_write()?;
         {
