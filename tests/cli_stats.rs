@@ -184,7 +184,7 @@ fn token_lengths_and_truncation_are_reported() {
     assert!(lengths["max"].as_u64().unwrap() > 256, "lengths before truncation: {lengths}");
     assert!(lengths["max_tokens_cut"].as_u64().unwrap() >= lengths["max"].as_u64().unwrap() - 256, "{lengths}");
     let suggested = lengths["suggested_max_length"].as_u64().unwrap();
-    assert!(suggested > 256 && suggested % 256 == 0, "{lengths}");
+    assert!(suggested > 256 && suggested.is_multiple_of(256), "{lengths}");
     let err = stderr(&run);
     assert!(err.contains(&format!("{truncated} of 320 rows")), "{err}");
     assert!(err.contains(&format!("--max-length {suggested} would keep 99% of them whole")), "{err}");

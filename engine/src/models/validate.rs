@@ -62,7 +62,7 @@ impl DecoderShape<'_> {
         let heads = self.num_attention_heads;
         if let Some(kv) = self.num_key_value_heads {
             in_range("num_key_value_heads", kv, heads)?;
-            if heads % kv != 0 {
+            if !heads.is_multiple_of(kv) {
                 return Err(field(
                     "num_key_value_heads",
                     format!("is {kv}; must divide num_attention_heads ({heads}) for grouped-query attention"),
@@ -74,7 +74,7 @@ impl DecoderShape<'_> {
                 in_range("head_dim", d, MAX_HEAD_DIM)?;
                 d
             }
-            None if self.hidden_size % heads != 0 => {
+            None if !self.hidden_size.is_multiple_of(heads) => {
                 return Err(field(
                     "num_attention_heads",
                     format!(
