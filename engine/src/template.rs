@@ -104,11 +104,7 @@ impl ChatTemplate {
 
     /// Renders `messages` (seen by the template as a list of `{role, content}` objects).
     pub fn render(&self, messages: &[ChatTurn<'_>], add_generation_prompt: bool) -> Result<String, TemplateError> {
-        let mut ctx: BTreeMap<String, Value> = self.special_tokens.clone();
-        ctx.insert("messages".into(), Value::from(Serde(messages)));
-        ctx.insert("add_generation_prompt".into(), Value::from(add_generation_prompt));
-        ctx.insert("tools".into(), Value::from(()));
-        ctx.insert("documents".into(), Value::from(()));
+        let ctx = self.context(messages, add_generation_prompt);
         let template = self.env.get_template(TEMPLATE_NAME).map_err(TemplateError::Render)?;
         let content: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum();
         let mut writer = BoundedWriter { out: Vec::new(), limit: output_limit(content), exceeded: false };
@@ -130,12 +126,20 @@ impl ChatTemplate {
 
     /// The fuel one rendering of `messages` takes (for the limit's measured margin).
     pub fn fuel_used(&self, messages: &[ChatTurn<'_>], add_generation_prompt: bool) -> Option<u64> {
+        let template = self.env.get_template(TEMPLATE_NAME).ok()?;
+        let captured =
+            template.render_captured_to(self.context(messages, add_generation_prompt), std::io::sink()).ok()?;
+        captured.state().fuel_levels().map(|(consumed, _)| consumed)
+    }
+
+    /// What the template sees: the special tokens, the messages, no tools, no documents.
+    fn context(&self, messages: &[ChatTurn<'_>], add_generation_prompt: bool) -> BTreeMap<String, Value> {
         let mut ctx: BTreeMap<String, Value> = self.special_tokens.clone();
         ctx.insert("messages".into(), Value::from(Serde(messages)));
         ctx.insert("add_generation_prompt".into(), Value::from(add_generation_prompt));
-        let template = self.env.get_template(TEMPLATE_NAME).ok()?;
-        let captured = template.render_captured_to(ctx, std::io::sink()).ok()?;
-        captured.state().fuel_levels().map(|(consumed, _)| consumed)
+        ctx.insert("tools".into(), Value::from(()));
+        ctx.insert("documents".into(), Value::from(()));
+        ctx
     }
 }
 

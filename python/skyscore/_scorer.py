@@ -196,11 +196,9 @@ class Scorer:
             ValueError: A column is missing or not a string column, the table already has a
                 ``score``/``num_tokens``/``truncated`` column, or a row cannot be scored.
         """
-        reader = _as_reader(data)
-        schema = self._output_schema(reader.schema, instruction_column, input_column, output_column, id_column)
-        batches = list(self._scored_batches(reader, instruction_column, input_column, output_column,
-                                            id_column, skip_invalid))
-        return pa.Table.from_batches(batches, schema=schema)
+        names = (instruction_column, input_column, output_column, id_column)
+        schema, batches = self._stream(data, names, skip_invalid)
+        return pa.Table.from_batches(list(batches), schema=schema)
 
     def score_batches(
         self,
@@ -215,10 +213,8 @@ class Scorer:
         """Like :meth:`score_table`, as a stream: each input batch is scored when the returned
         reader is asked for it, so memory stays bounded by a batch whatever the input's size.
         The columns are checked now, before anything is scored."""
-        reader = _as_reader(data)
-        schema = self._output_schema(reader.schema, instruction_column, input_column, output_column, id_column)
-        batches = self._scored_batches(reader, instruction_column, input_column, output_column, id_column,
-                                       skip_invalid)
+        names = (instruction_column, input_column, output_column, id_column)
+        schema, batches = self._stream(data, names, skip_invalid)
         return pa.RecordBatchReader.from_batches(schema, batches)
 
     def score_chat(
@@ -278,14 +274,18 @@ class Scorer:
         )
         return pa.record_batch(out)
 
-    def _output_schema(self, schema: pa.Schema, *names: str | None) -> pa.Schema:
-        """Checks the columns by scoring an empty batch of `schema`; returns the output schema."""
+    def _stream(self, data: Any, names: tuple, skip_invalid: bool) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """The output schema (the columns checked now, by scoring an empty batch) and the scored
+        batches, each scored when it is asked for."""
+        reader = _as_reader(data)
+        schema = reader.schema
         empty = pa.RecordBatch.from_arrays([pa.array([], type=f.type) for f in schema], schema=schema)
-        return self._score_batch(empty, names, 0, False).schema
+        out_schema = self._score_batch(empty, names, 0, False).schema
 
-    def _scored_batches(self, reader: pa.RecordBatchReader, *args: Any) -> Iterator[pa.RecordBatch]:
-        *names, skip_invalid = args
-        first_row = 0
-        for batch in reader:
-            yield self._score_batch(batch, tuple(names), first_row, skip_invalid)
-            first_row += batch.num_rows
+        def batches() -> Iterator[pa.RecordBatch]:
+            first_row = 0
+            for batch in reader:
+                yield self._score_batch(batch, names, first_row, skip_invalid)
+                first_row += batch.num_rows
+
+        return out_schema, batches()

@@ -8,21 +8,20 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Float32Array, RecordBatch, UInt32Array};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::array::{Float32Array, RecordBatch};
+use datafusion::arrow::datatypes::Schema;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use skyscore_core::{Conversation, RowResult, RowScore, Scored, Scorer};
 use skyscore_engine::{ConversationChunk, DeviceList, Dtype, DtypeChoice, EngineError, EngineOptions};
-use skyscore_udf::columns::{batch_conversations, ColumnNames};
+use skyscore_udf::columns::{
+    added_column_clash, batch_conversations, row_label, scored_columns, scored_fields, ColumnNames,
+};
 use skyscore_udf::ScoringService;
 
 use crate::arrow::{import_batch, ArrowData};
 use crate::report::{Setup, Tally};
 use crate::udf::ScalarUdf;
-
-/// Columns `score_batch` adds to its input, as `skyscore score --keep-columns` does.
-const ADDED_COLUMNS: [&str; 3] = ["score", "num_tokens", "truncated"];
 
 #[pyclass(frozen, module = "skyscore._skyscore")]
 pub struct Engine {
@@ -145,7 +144,7 @@ impl Engine {
             ColumnNames { instruction: instruction_column, input: input_column, output: output_column, id: id_column };
         let schema = batch.schema();
         names.check(&schema, source).map_err(value_error)?;
-        if let Some(clash) = ADDED_COLUMNS.iter().find(|c| schema.field_with_name(c).is_ok()) {
+        if let Some(clash) = added_column_clash(&schema) {
             return Err(PyValueError::new_err(format!(
                 "{source} already has a `{clash}` column (skyscore adds score, num_tokens and truncated)"
             )));
@@ -266,29 +265,8 @@ fn apply_row_policy(
         .collect()
 }
 
-/// "row N (id X)": N counts from the start of the caller's data, X is the id column's value.
-fn row_label(batch: &RecordBatch, id_column: Option<&str>, first_row: usize, i: usize) -> String {
-    let id = id_column
-        .and_then(|c| batch.column_by_name(c))
-        .and_then(|a| datafusion::arrow::util::display::array_value_to_string(a, i).ok());
-    match id {
-        Some(id) => format!("row {} (id {id})", first_row + i),
-        None => format!("row {}", first_row + i),
-    }
-}
-
-/// The input batch with the three result columns appended.
+/// The input batch with the three result columns appended (its schema's metadata kept).
 fn with_scores(batch: &RecordBatch, rows: &[Option<RowScore>]) -> Result<RecordBatch, String> {
-    let score: ArrayRef = Arc::new(Float32Array::from_iter(rows.iter().map(|r| r.map(|r| r.score))));
-    let tokens: ArrayRef = Arc::new(UInt32Array::from_iter(rows.iter().map(|r| r.map(|r| r.tokens))));
-    let truncated: ArrayRef = Arc::new(BooleanArray::from_iter(rows.iter().map(|r| r.map(|r| r.truncated))));
-    let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new("score", DataType::Float32, true));
-    fields.push(Field::new("num_tokens", DataType::UInt32, true));
-    fields.push(Field::new("truncated", DataType::Boolean, true));
-    let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-    columns.extend([score, tokens, truncated]);
-    debug_assert!(columns.iter().all(|c| c.len() == batch.num_rows()));
-    RecordBatch::try_new(Arc::new(Schema::new_with_metadata(fields, batch.schema().metadata().clone())), columns)
-        .map_err(|e| e.to_string())
+    let schema = Schema::new_with_metadata(scored_fields(&batch.schema()), batch.schema().metadata().clone());
+    RecordBatch::try_new(Arc::new(schema), scored_columns(batch, rows)).map_err(|e| e.to_string())
 }

@@ -102,7 +102,7 @@ pub fn run(args: ClusterArgs) -> Result<()> {
         ClusterCommand::Executor(a) => {
             check_report_paths(a.stats_json.as_deref(), None)?;
             let engine = a.engine.resolve()?;
-            let engine_for_pool = engine.clone();
+            let memory_pool = crate::cluster::executor::memory_pool(a.memory_pool, &engine)?;
             let scheduler = crate::cluster::parse_address(&a.scheduler).context("--scheduler")?;
             let external_host = a.external_host.or_else(|| {
                 let ip = a.bind.ip();
@@ -119,7 +119,7 @@ pub fn run(args: ClusterArgs) -> Result<()> {
                 engine,
                 cache_entries: a.cache_entries,
                 stats_json: a.stats_json,
-                memory_pool: crate::cluster::executor::memory_pool(a.memory_pool, &engine_for_pool)?,
+                memory_pool,
             }))
         }
     }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use datafusion::arrow::array::{ArrayRef, BooleanArray, Float32Array, UInt32Array, UInt64Array};
+use datafusion::arrow::array::{ArrayRef, Float32Array, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use skyscore_core::{Conversation, RowScore, ScoreDistribution, Scored, TokenLengths};
@@ -20,7 +20,9 @@ use crate::io::{open_input, OutputWriter};
 use crate::plot::{write_histogram, Measure};
 use crate::run::{check_report_paths, RunSummary};
 use skyscore_engine::{ConversationChunk, Engine};
-use skyscore_udf::columns::{batch_conversations, ColumnNames};
+use skyscore_udf::columns::{
+    added_column_clash, batch_conversations, row_label, scored_columns, scored_fields, ColumnNames,
+};
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:
@@ -186,43 +188,31 @@ fn apply_row_policy(
         match row {
             Ok(score) => rows.push(Some(score)),
             Err(reason) if skip_invalid => {
-                tracing::warn!("{}: {reason}; score set to null", row_label(window, id_column, i));
+                tracing::warn!(
+                    "{}: {reason}; score set to null",
+                    row_label(&window.batch, id_column, window.first_row, i)
+                );
                 summary.skipped_rows += 1;
                 rows.push(None);
             }
             Err(reason) => {
-                bail!("{}: {reason} (use --skip-invalid to score it as null)", row_label(window, id_column, i))
+                bail!(
+                    "{}: {reason} (use --skip-invalid to score it as null)",
+                    row_label(&window.batch, id_column, window.first_row, i)
+                )
             }
         }
     }
     Ok(rows)
 }
 
-/// "row 12 (id \"abc\")": what an error message names.
-fn row_label(window: &Window, id_column: Option<&str>, i: usize) -> String {
-    let index = window.first_row + i;
-    let id = id_column
-        .and_then(|c| window.batch.column_by_name(c))
-        .and_then(|a| datafusion::arrow::util::display::array_value_to_string(a, i).ok());
-    match id {
-        Some(id) => format!("row {index} (id {id})"),
-        None => format!("row {index}"),
-    }
-}
-
-const ADDED_COLUMNS: [&str; 3] = ["score", "num_tokens", "truncated"];
-
 fn output_schema(input: &SchemaRef, id_column: Option<&str>, keep: bool) -> Result<SchemaRef> {
     let score = Field::new("score", DataType::Float32, true);
     if keep {
-        if let Some(clash) = ADDED_COLUMNS.iter().find(|c| input.field_with_name(c).is_ok()) {
+        if let Some(clash) = added_column_clash(input) {
             bail!("--keep-columns: the input already has a `{clash}` column");
         }
-        let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
-        fields.push(score);
-        fields.push(Field::new("num_tokens", DataType::UInt32, true));
-        fields.push(Field::new("truncated", DataType::Boolean, true));
-        return Ok(Arc::new(Schema::new(fields)));
+        return Ok(Arc::new(Schema::new(scored_fields(input))));
     }
     let id = match id_column {
         Some(c) => Field::new("id", input.field_with_name(c)?.data_type().clone(), true),
@@ -239,14 +229,10 @@ fn build_output(
     keep: bool,
 ) -> Result<RecordBatch> {
     let batch = &window.batch;
-    let score: ArrayRef = Arc::new(rows.iter().map(|r| r.map(|r| r.score)).collect::<Float32Array>());
     let columns: Vec<ArrayRef> = if keep {
-        let mut cols = batch.columns().to_vec();
-        cols.push(score);
-        cols.push(Arc::new(rows.iter().map(|r| r.map(|r| r.tokens)).collect::<UInt32Array>()));
-        cols.push(Arc::new(rows.iter().map(|r| r.map(|r| r.truncated)).collect::<BooleanArray>()));
-        cols
+        scored_columns(batch, rows)
     } else {
+        let score: ArrayRef = Arc::new(rows.iter().map(|r| r.map(|r| r.score)).collect::<Float32Array>());
         let id: ArrayRef = match id_column.and_then(|c| batch.column_by_name(c)) {
             Some(col) => col.clone(),
             None => {

@@ -1,9 +1,12 @@
 //! Finding the SFT columns in a record batch and reading them as strings, whatever string
 //! type they arrive as (Utf8, LargeUtf8, or Utf8View from Parquet).
 
-use datafusion::arrow::datatypes::{DataType, Schema};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, BooleanArray, Float32Array, UInt32Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::arrow::record_batch::RecordBatch;
-use skyscore_core::{Conversation, ScoreRequest};
+use skyscore_core::{Conversation, RowScore, ScoreRequest};
 
 use crate::args::StrArg;
 
@@ -105,4 +108,44 @@ pub fn batch_conversations<'a>(batch: &'a RecordBatch, names: &ColumnNames) -> V
             (_, None) => Err(format!("column `{}` is NULL", names.output)),
         })
         .collect()
+}
+
+/// The columns a scored table gets beside its own (`skyscore score --keep-columns`, Python's
+/// `score_table`).
+pub const ADDED_COLUMNS: [&str; 3] = ["score", "num_tokens", "truncated"];
+
+/// The first of [`ADDED_COLUMNS`] that `schema` already has (it would be shadowed).
+pub fn added_column_clash(schema: &Schema) -> Option<&'static str> {
+    ADDED_COLUMNS.into_iter().find(|c| schema.field_with_name(c).is_ok())
+}
+
+/// `input`'s fields followed by `score` (Float32), `num_tokens` (UInt32) and `truncated`
+/// (Boolean), each NULL for a row without a score.
+pub fn scored_fields(input: &Schema) -> Vec<Field> {
+    let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(ADDED_COLUMNS[0], DataType::Float32, true));
+    fields.push(Field::new(ADDED_COLUMNS[1], DataType::UInt32, true));
+    fields.push(Field::new(ADDED_COLUMNS[2], DataType::Boolean, true));
+    fields
+}
+
+/// `batch`'s columns followed by the three of [`scored_fields`], one value per row of `rows`.
+pub fn scored_columns(batch: &RecordBatch, rows: &[Option<RowScore>]) -> Vec<ArrayRef> {
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(rows.iter().map(|r| r.map(|r| r.score)).collect::<Float32Array>()));
+    columns.push(Arc::new(rows.iter().map(|r| r.map(|r| r.tokens)).collect::<UInt32Array>()));
+    columns.push(Arc::new(rows.iter().map(|r| r.map(|r| r.truncated)).collect::<BooleanArray>()));
+    columns
+}
+
+/// "row N (id X)": how an error names row `i` of `batch`, N counting from the start of the
+/// caller's data (`first_row` is the batch's first), X the id column's value when there is one.
+pub fn row_label(batch: &RecordBatch, id_column: Option<&str>, first_row: usize, i: usize) -> String {
+    let id = id_column
+        .and_then(|c| batch.column_by_name(c))
+        .and_then(|a| datafusion::arrow::util::display::array_value_to_string(a, i).ok());
+    match id {
+        Some(id) => format!("row {} (id {id})", first_row + i),
+        None => format!("row {}", first_row + i),
+    }
 }

@@ -226,12 +226,10 @@ pub fn resident_weight_bytes(model: &str, options: &EngineOptions) -> anyhow::Re
     }
     let files = FileSource::new(ModelSource::parse(model)?);
     let checkpoint = Checkpoint::describe(model, &files).with_context(|| format!("reading model `{model}`"))?;
-    let bytes_per_parameter: u64 = match options.dtype {
-        crate::models::Dtype::F32 => 4,
-        // The CPU bf16 paths keep f32 copies of the weights they round (one per replica).
-        crate::models::Dtype::F16 | crate::models::Dtype::Bf16 => 4,
-    };
-    Ok(checkpoint.arch.parameter_count() * bytes_per_parameter * options.devices.0.len() as u64)
+    // 4 bytes whatever the dtype: f32 weights, and the CPU's bf16-rounded path keeps f32 copies
+    // too (the AVX512-BF16 kernel packs 2 bytes; counting 4 errs on the safe side).
+    const BYTES_PER_PARAMETER: u64 = 4;
+    Ok(checkpoint.arch.parameter_count() * BYTES_PER_PARAMETER * options.devices.0.len() as u64)
 }
 
 /// The [`ModelFacts`] of `model` run with `options`, from its small files only (a hub model's

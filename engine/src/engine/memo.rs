@@ -5,7 +5,7 @@
 //! store.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::Result;
 use skyscore_core::{conversation_key, Conversation, ConversationKey, Distinct, RowResult, RowScore, ScoreStats};
@@ -86,9 +86,7 @@ pub struct Memo {
     committed: AtomicUsize,
     /// Scores that could not be committed (the store failed to write).
     unsaved: AtomicUsize,
-    /// Set by the first failed write: the store is set aside for the rest of the run.
-    failed: AtomicBool,
-    /// Why the store was set aside (for the end-of-run message).
+    /// Why the store was set aside, from its first failed write on (for the rest of the run).
     failure: std::sync::Mutex<Option<String>>,
 }
 
@@ -98,7 +96,6 @@ impl Memo {
             memory,
             committed: AtomicUsize::new(0),
             unsaved: AtomicUsize::new(0),
-            failed: AtomicBool::new(false),
             failure: std::sync::Mutex::new(None),
         }
     }
@@ -163,7 +160,7 @@ impl Memo {
     /// rows the two share are in the store now.
     pub fn lookup(&self, keys: &[ConversationKey]) -> Result<Vec<Option<RowScore>>> {
         match &self.memory {
-            Some(memory) if !self.failed.load(Ordering::Acquire) => memory.get_many(keys),
+            Some(memory) if !self.set_aside() => memory.get_many(keys),
             _ => Ok(vec![None; keys.len()]),
         }
     }
@@ -178,7 +175,7 @@ impl Memo {
     /// many a rerun will compute again. Scores already committed stay in the store.
     pub fn commit(&self, rows: &[(ConversationKey, RowScore)]) {
         let Some(memory) = &self.memory else { return };
-        if self.failed.load(Ordering::Acquire) {
+        if self.set_aside() {
             self.unsaved.fetch_add(rows.len(), Ordering::Relaxed);
             return;
         }
@@ -188,17 +185,22 @@ impl Memo {
             }
             Err(e) => {
                 self.unsaved.fetch_add(rows.len(), Ordering::Relaxed);
-                if !self.failed.swap(true, Ordering::AcqRel) {
+                let mut failure = self.failure.lock().expect("failure lock");
+                if failure.is_none() {
                     let reason = format!("{e:#}");
                     tracing::warn!(
                         "cannot write to the score store {}: {reason}; the run goes on without the store \
                          (scores computed from now on are not saved)",
                         memory.path().display()
                     );
-                    *self.failure.lock().expect("failure lock") = Some(reason);
+                    *failure = Some(reason);
                 }
             }
         }
+    }
+
+    fn set_aside(&self) -> bool {
+        self.failure.lock().expect("failure lock").is_some()
     }
 
     /// Why the store was set aside during this run, if it was.
@@ -216,6 +218,7 @@ impl Memo {
 mod tests {
     use std::collections::HashMap;
     use std::path::PathBuf;
+    use std::sync::atomic::AtomicBool;
     use std::sync::Mutex;
 
     use skyscore_core::ScoreRequest;

@@ -186,11 +186,6 @@ impl Engine {
         self.memo.committed_rows()
     }
 
-    /// Scores computed but not kept because the store failed to write.
-    pub fn unsaved_rows(&self) -> usize {
-        self.memo.unsaved_rows()
-    }
-
     /// Whether the store failed during this run, and what it cost.
     pub fn store_outcome(&self) -> StoreOutcome {
         StoreOutcome { unsaved_rows: self.memo.unsaved_rows(), store_failure: self.memo.store_failure() }
