@@ -69,15 +69,21 @@ impl Engine {
             checkpoint.config_pad_token_id.or_else(|| special.get("pad_token").and_then(|t| encoder.token_to_id(t)));
 
         let path = ComputePath::choose(opts);
+        // SAFETY (the maps below and the VarBuilder's): the safetensors files are memory-mapped
+        // read-only; skyscore never writes them and a checkpoint is not expected to change while
+        // it is being scored with.
+        let mapped = || -> Result<std::sync::Arc<candle_core::safetensors::MmapedSafetensors>, EngineError> {
+            unsafe { candle_core::safetensors::MmapedSafetensors::multi(&checkpoint.weights) }
+                .map(std::sync::Arc::new)
+                .with_context(|| format!("reading weights of `{model}`"))
+                .map_err(EngineError::Load)
+        };
         let linear_kind = match path {
-            ComputePath::Bf16Kernel => {
-                // SAFETY: as for the VarBuilder below: the files are mapped read-only and not changed.
-                let mapped = unsafe { candle_core::safetensors::MmapedSafetensors::multi(&checkpoint.weights) }
-                    .with_context(|| format!("reading weights of `{model}`"))
-                    .map_err(EngineError::Load)?;
-                LinearKind::PackedBf16(std::sync::Arc::new(mapped))
+            ComputePath::Bf16Kernel => LinearKind::PackedBf16(mapped()?),
+            ComputePath::RoundedBf16 => LinearKind::MappedF32 { checkpoint: mapped()?, round_bf16: true },
+            ComputePath::Candle if !opts.on_gpu() && opts.dtype == Dtype::F32 => {
+                LinearKind::MappedF32 { checkpoint: mapped()?, round_bf16: false }
             }
-            ComputePath::RoundedBf16 => LinearKind::RoundedBf16,
             ComputePath::Candle => LinearKind::Dense,
         };
         let load_dtype = match path {
@@ -87,8 +93,7 @@ impl Engine {
         let mut replicas = Vec::with_capacity(opts.devices.0.len());
         for spec in &opts.devices.0 {
             let device = spec.open().map_err(EngineError::Load)?;
-            // SAFETY: the safetensors files are memory-mapped read-only; skyscore never writes them
-            // and a checkpoint is not expected to change while it is being scored with.
+            // SAFETY: as for `mapped` above.
             let vb = unsafe { VarBuilder::from_mmaped_safetensors(&checkpoint.weights, load_dtype, &device) }
                 .with_context(|| format!("reading weights of `{model}`"))
                 .map_err(EngineError::Load)?;

@@ -14,15 +14,17 @@ use super::cpu;
 /// How a decoder's projections (attention and MLP) hold their weights.
 #[derive(Clone)]
 pub enum LinearKind {
-    /// candle tensors in the VarBuilder's dtype.
+    /// candle tensors in the VarBuilder's dtype (GPUs, CPU f16, candle's CPU bf16).
     Dense,
     /// bf16, packed for the AVX512-BF16 kernel straight from the checkpoint's memory-mapped
     /// files; activations and everything else in f32.
     PackedBf16(Arc<MmapedSafetensors>),
-    /// `--dtype bf16` on a CPU without AVX512-BF16: the projection and embedding weights rounded
-    /// to bf16 once at load, then held and multiplied in f32 (no CPU without bf16 instructions
-    /// multiplies bf16 faster than f32), so bf16 runs at f32's speed with bf16's weights.
-    RoundedBf16,
+    /// CPU f32: projections transposed straight from the checkpoint's memory-mapped files into
+    /// [`cpu::CpuLinear`]'s layout, embedding rows read from them. With `round_bf16`
+    /// (`--dtype bf16` on a CPU without AVX512-BF16) those weights are rounded to bf16 on the way
+    /// and multiplied in f32 (no CPU without bf16 instructions multiplies bf16 faster than f32),
+    /// so bf16 runs at f32's speed with bf16's weights.
+    MappedF32 { checkpoint: Arc<MmapedSafetensors>, round_bf16: bool },
 }
 
 impl std::fmt::Debug for LinearKind {
@@ -30,23 +32,25 @@ impl std::fmt::Debug for LinearKind {
         f.write_str(match self {
             LinearKind::Dense => "Dense",
             LinearKind::PackedBf16(_) => "PackedBf16",
-            LinearKind::RoundedBf16 => "RoundedBf16",
+            LinearKind::MappedF32 { round_bf16: false, .. } => "MappedF32",
+            LinearKind::MappedF32 { round_bf16: true, .. } => "MappedF32 (bf16-rounded)",
         })
     }
 }
 
-/// The token embedding table: a candle tensor, or with the bf16 kernel rows read straight from
-/// the memory-mapped checkpoint (a batch looks up a few thousand rows; copying the table at load
+/// The token embedding table: a candle tensor, or on CPU rows read straight from the
+/// memory-mapped checkpoint (a batch looks up a few thousand rows; copying the table at load
 /// would fault in fresh pages for all of it: 622 MB in f32 for Qwen3's 151,936 × 1,024).
 #[derive(Clone)]
 pub enum TokenEmbedding {
     Table(candle_nn::Embedding),
-    /// Rows of `name` in the checkpoint, rounded to bf16 as the bf16 model's own table would be,
-    /// handed on in f32.
-    MappedBf16 {
+    /// Rows of `name` in the checkpoint in f32; with `round_bf16` rounded to bf16 as the bf16
+    /// model's own table would be.
+    Mapped {
         checkpoint: Arc<MmapedSafetensors>,
         name: String,
         hidden: usize,
+        round_bf16: bool,
     },
 }
 
@@ -54,27 +58,26 @@ impl std::fmt::Debug for TokenEmbedding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             TokenEmbedding::Table(table) => f.debug_tuple("Table").field(table).finish(),
-            TokenEmbedding::MappedBf16 { name, hidden, .. } => {
-                f.debug_struct("MappedBf16").field("name", name).field("hidden", hidden).finish()
-            }
+            TokenEmbedding::Mapped { name, hidden, round_bf16, .. } => f
+                .debug_struct("Mapped")
+                .field("name", name)
+                .field("hidden", hidden)
+                .field("round_bf16", round_bf16)
+                .finish(),
         }
     }
 }
 
 impl TokenEmbedding {
     pub fn load(vocab: usize, hidden: usize, vb: VarBuilder, kind: &LinearKind) -> Result<Self> {
-        match kind {
-            LinearKind::PackedBf16(checkpoint) => {
-                let name = format!("{}.weight", vb.prefix());
-                cpu::check_mapped_embedding(checkpoint, &name, hidden, vocab)?;
-                Ok(Self::MappedBf16 { checkpoint: checkpoint.clone(), name, hidden })
-            }
-            LinearKind::Dense => Ok(Self::Table(candle_nn::embedding(vocab, hidden, vb)?)),
-            LinearKind::RoundedBf16 => {
-                let table = round_to_bf16(candle_nn::embedding(vocab, hidden, vb)?.embeddings())?;
-                Ok(Self::Table(candle_nn::Embedding::new(table, hidden)))
-            }
-        }
+        let (checkpoint, round_bf16) = match kind {
+            LinearKind::Dense => return Ok(Self::Table(candle_nn::embedding(vocab, hidden, vb)?)),
+            LinearKind::PackedBf16(checkpoint) => (checkpoint, true),
+            LinearKind::MappedF32 { checkpoint, round_bf16 } => (checkpoint, *round_bf16),
+        };
+        let name = format!("{}.weight", vb.prefix());
+        cpu::check_mapped_embedding(checkpoint, &name, hidden, vocab)?;
+        Ok(Self::Mapped { checkpoint: checkpoint.clone(), name, hidden, round_bf16 })
     }
 }
 
@@ -82,16 +85,11 @@ impl Module for TokenEmbedding {
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         match self {
             TokenEmbedding::Table(table) => table.forward(ids),
-            TokenEmbedding::MappedBf16 { checkpoint, name, hidden } => {
-                cpu::mapped_embedding(checkpoint, name, *hidden, ids)
+            TokenEmbedding::Mapped { checkpoint, name, hidden, round_bf16 } => {
+                cpu::mapped_embedding(checkpoint, name, *hidden, ids, *round_bf16)
             }
         }
     }
-}
-
-/// `weights` rounded to the nearest bf16 (ties to even), kept in their dtype.
-fn round_to_bf16(weights: &Tensor) -> Result<Tensor> {
-    weights.to_dtype(DType::BF16)?.to_dtype(weights.dtype())
 }
 
 /// A projection: candle's `Linear`, its CPU f32 form, or the bf16 kernel's packed weights.
@@ -105,23 +103,30 @@ pub enum Proj {
 
 impl Proj {
     pub fn load(in_dim: usize, out_dim: usize, bias: bool, vb: VarBuilder, kind: &LinearKind) -> Result<Self> {
-        let round_bf16 = match kind {
-            LinearKind::Dense => false,
-            LinearKind::RoundedBf16 => true,
+        match kind {
             LinearKind::PackedBf16(checkpoint) => {
                 let packed = cpu::PackedLinear::load(in_dim, out_dim, bias, vb, checkpoint)?;
-                return Ok(Proj::PackedBf16(Arc::new(packed)));
+                Ok(Proj::PackedBf16(Arc::new(packed)))
             }
-        };
-        let linear = linear_b(in_dim, out_dim, bias, vb)?;
-        if linear.weight().device().is_cpu() && linear.weight().dtype() == DType::F32 {
-            // Rounded to bf16 while transposed: no extra pass over the weights at load.
-            return Ok(Proj::CpuF32(cpu::CpuLinear::new(linear, round_bf16)?));
+            LinearKind::MappedF32 { checkpoint, round_bf16 } => {
+                let bias = if bias {
+                    Some(vb.get_with_hints_dtype(out_dim, "bias", Default::default(), DType::F32)?)
+                } else {
+                    None
+                };
+                let name = format!("{}.weight", vb.prefix());
+                let linear = cpu::CpuLinear::from_checkpoint(checkpoint, &name, (in_dim, out_dim), bias, *round_bf16)?;
+                Ok(Proj::CpuF32(linear))
+            }
+            LinearKind::Dense => {
+                let linear = linear_b(in_dim, out_dim, bias, vb)?;
+                if linear.weight().device().is_cpu() && linear.weight().dtype() == DType::F32 {
+                    // A CPU f32 model built from tensors rather than a checkpoint (tests).
+                    return Ok(Proj::CpuF32(cpu::CpuLinear::new(linear, false)?));
+                }
+                Ok(Proj::Dense(linear))
+            }
         }
-        if round_bf16 {
-            return Ok(Proj::Dense(Linear::new(round_to_bf16(linear.weight())?, linear.bias().cloned())));
-        }
-        Ok(Proj::Dense(linear))
     }
 }
 
@@ -340,7 +345,7 @@ impl AttentionProducts {
             LinearKind::PackedBf16(_) => AttentionProducts::Bf16,
             // bf16-rounded weights in the f32 path: attention stays f32 like the rest of the path
             // (rounding its operands would only cost passes on CPUs that multiply bf16 as f32).
-            LinearKind::Dense | LinearKind::RoundedBf16 => AttentionProducts::Exact,
+            LinearKind::Dense | LinearKind::MappedF32 { .. } => AttentionProducts::Exact,
         }
     }
 }

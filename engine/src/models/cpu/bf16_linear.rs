@@ -13,6 +13,8 @@ use candle_nn::VarBuilder;
 use half::bf16;
 use rayon::prelude::*;
 
+use super::mapped::matrix_view;
+
 /// Rows of the activation per micro-tile.
 const MR: usize = 6;
 /// 16-column panels per micro-tile: MR × NR accumulators (24 of the 32 zmm registers). Even, so
@@ -90,23 +92,6 @@ pub(super) fn read_row(view: &safetensors::tensor::TensorView<'_>, row: usize, o
     }
 }
 
-/// The `[out_dim, in_dim]` weight `name` of the memory-mapped checkpoint, checked.
-pub(super) fn weight_view<'a>(
-    checkpoint: &'a MmapedSafetensors,
-    name: &str,
-    in_dim: usize,
-    out_dim: usize,
-) -> Result<safetensors::tensor::TensorView<'a>> {
-    let view = checkpoint.get(name)?;
-    if view.shape() != [out_dim, in_dim] {
-        candle_core::bail!("{name}: shape {:?}, expected [{out_dim}, {in_dim}]", view.shape());
-    }
-    match view.dtype() {
-        safetensors::Dtype::F32 | safetensors::Dtype::BF16 | safetensors::Dtype::F16 => Ok(view),
-        other => candle_core::bail!("{name}: weights of dtype {other:?} are not supported"),
-    }
-}
-
 /// `y = x Wᵀ (+ b)` with W packed for the kernel.
 #[derive(Debug)]
 pub struct Bf16Linear {
@@ -127,7 +112,7 @@ impl Bf16Linear {
         vb: VarBuilder,
         checkpoint: &MmapedSafetensors,
     ) -> Result<Self> {
-        let view = weight_view(checkpoint, &format!("{}.weight", vb.prefix()), in_dim, out_dim)?;
+        let view = matrix_view(checkpoint, &format!("{}.weight", vb.prefix()), out_dim, in_dim)?;
         let bias =
             if bias { Some(vb.get_with_hints_dtype(out_dim, "bias", Default::default(), DType::F32)?) } else { None };
         let panels = Panels::pack(out_dim.div_ceil(16), in_dim, |col, out| {
@@ -189,8 +174,8 @@ impl GatedBf16 {
         up: &str,
         checkpoint: &MmapedSafetensors,
     ) -> Result<Self> {
-        let gate = weight_view(checkpoint, &format!("{gate}.weight"), hidden, intermediate)?;
-        let up = weight_view(checkpoint, &format!("{up}.weight"), hidden, intermediate)?;
+        let gate = matrix_view(checkpoint, &format!("{gate}.weight"), intermediate, hidden)?;
+        let up = matrix_view(checkpoint, &format!("{up}.weight"), intermediate, hidden)?;
         Ok(Self::pack_with(hidden, intermediate, |which_up, row, out| {
             read_row(if which_up { &up } else { &gate }, row, out)
         }))

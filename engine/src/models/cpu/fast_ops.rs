@@ -45,8 +45,9 @@ pub fn exp_f32(x: f32) -> f32 {
 /// Runs `body` compiled for AVX-512 when the CPU has it, else for AVX2 + FMA when it has those
 /// (its loops then vectorise 16 or 8 lanes wide; the default x86-64 target stops at SSE2), else
 /// as is. `body` must be `#[inline(always)]`. The arithmetic is the same on every path: Rust
-/// never fuses a multiply and an add on its own, and the bodies fix their reduction order with
-/// explicit lane arrays, so results are bit-identical whichever path runs.
+/// never fuses a multiply and an add on its own, a fused one is asked for with `mul_add` (one
+/// rounding on every path; without FMA hardware it is a slow library call), and the bodies fix
+/// their reduction order, so results are bit-identical whichever path runs.
 macro_rules! dispatch_simd {
     ($vis:vis $name:ident: fn($($arg:ident: $ty:ty),*) => $body:ident) => {
         $vis fn $name($($arg: $ty),*) {

@@ -5,6 +5,7 @@
 //! - [`attention`]: attention one query row at a time over its own keys (batch-invariant).
 //! - [`fast_ops`]: fused f32 elementwise passes (SiLU·up, masked softmax, split into heads with
 //!   the per-head RMSNorm and rotary), vectorised with AVX-512 where the CPU has it.
+//! - [`mapped`]: weights read straight from the memory-mapped checkpoint into a kernel's layout.
 //! - `bf16_linear` (x86-64): the AVX512-BF16 kernel of `--dtype bf16` (projections, the gated
 //!   MLP product, attention's two products). On other architectures [`PackedLinear`] and
 //!   [`PackedGated`] exist but cannot be loaded, and [`bf16_kernel_available`] is false.
@@ -13,6 +14,7 @@ pub mod attention;
 #[cfg(target_arch = "x86_64")]
 pub mod bf16_linear;
 pub mod fast_ops;
+pub mod mapped;
 
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{Result, Tensor};
@@ -57,37 +59,34 @@ pub use bf16_linear::GatedBf16 as PackedGated;
 #[cfg(not(target_arch = "x86_64"))]
 pub use no_kernel::{PackedGated, PackedLinear};
 
-/// Checks that `name` is a `[vocab, hidden]` table the bf16 embedding can read rows of.
+/// Checks that `name` is a `[vocab, hidden]` table [`mapped_embedding`] can read rows of.
 pub fn check_mapped_embedding(checkpoint: &MmapedSafetensors, name: &str, hidden: usize, vocab: usize) -> Result<()> {
-    #[cfg(target_arch = "x86_64")]
-    return bf16_linear::weight_view(checkpoint, name, hidden, vocab).map(|_| ());
-    #[cfg(not(target_arch = "x86_64"))]
-    no_kernel::refuse(checkpoint, name, hidden, vocab)
+    mapped::matrix_view(checkpoint, name, vocab, hidden).map(|_| ())
 }
 
-/// Rows `ids` of the table `name` in the memory-mapped checkpoint, rounded to bf16 (as the bf16
-/// model's own table would be) and handed on in f32: `[ids.dims(), hidden]`.
-pub fn mapped_embedding(checkpoint: &MmapedSafetensors, name: &str, hidden: usize, ids: &Tensor) -> Result<Tensor> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let view = checkpoint.get(name)?;
-        let vocab = view.shape()[0];
-        let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
-        let mut bits = vec![0u16; hidden];
-        let mut out = Vec::with_capacity(flat.len() * hidden);
-        for &id in &flat {
-            if id as usize >= vocab {
-                candle_core::bail!("token id {id} is outside the embedding table ({vocab} rows)");
-            }
-            bf16_linear::read_row(&view, id as usize, &mut bits);
-            out.extend(bits.iter().map(|&b| half::bf16::from_bits(b).to_f32()));
+/// Rows `ids` of the table `name` in the memory-mapped checkpoint, in f32 (`round_bf16`:
+/// rounded to bf16, as a bf16 model's own table would be): `[ids.dims(), hidden]`. A batch
+/// looks up a few thousand rows; a copy of the table would fault in pages for all of it.
+pub fn mapped_embedding(
+    checkpoint: &MmapedSafetensors,
+    name: &str,
+    hidden: usize,
+    ids: &Tensor,
+    round_bf16: bool,
+) -> Result<Tensor> {
+    let view = checkpoint.get(name)?;
+    let vocab = view.shape()[0];
+    let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+    let mut out = vec![0f32; flat.len() * hidden];
+    for (&id, row) in flat.iter().zip(out.chunks_exact_mut(hidden.max(1))) {
+        if id as usize >= vocab {
+            candle_core::bail!("token id {id} is outside the embedding table ({vocab} rows)");
         }
-        let mut dims = ids.dims().to_vec();
-        dims.push(hidden);
-        Tensor::from_vec(out, dims, ids.device())
+        mapped::read_row(&view, id as usize, row, round_bf16);
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    no_kernel::refuse(checkpoint, name, hidden, ids.elem_count()).map(|_| unreachable!())
+    let mut dims = ids.dims().to_vec();
+    dims.push(hidden);
+    Tensor::from_vec(out, dims, ids.device())
 }
 
 /// Scaled, masked attention on CPU in f32: q `[b, kv_heads, n_rep × rows, d]` (the query heads
@@ -136,6 +135,21 @@ impl CpuLinear {
     /// `round_bf16`: round the weight to bf16 on the way (`--dtype bf16` without AVX512-BF16).
     pub fn new(linear: candle_nn::Linear, round_bf16: bool) -> Result<Self> {
         Ok(Self { weight_t: transpose_f32(linear.weight(), round_bf16)?, bias: linear.bias().cloned() })
+    }
+
+    /// The `[out_dim, in_dim]` weight `name` transposed straight from the memory-mapped
+    /// checkpoint (f32, bf16 or f16 there): one pass, no copy of the matrix as stored.
+    pub fn from_checkpoint(
+        checkpoint: &MmapedSafetensors,
+        name: &str,
+        (in_dim, out_dim): (usize, usize),
+        bias: Option<Tensor>,
+        round_bf16: bool,
+    ) -> Result<Self> {
+        let view = mapped::matrix_view(checkpoint, name, out_dim, in_dim)?;
+        let weight_t =
+            Tensor::from_vec(mapped::transposed(&view, round_bf16), (in_dim, out_dim), &candle_core::Device::Cpu)?;
+        Ok(Self { weight_t, bias })
     }
 
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
@@ -207,10 +221,6 @@ mod no_kernel {
     use candle_core::safetensors::MmapedSafetensors;
     use candle_core::{Module, Result, Tensor};
     use candle_nn::VarBuilder;
-
-    pub fn refuse(_: &MmapedSafetensors, _: &str, _: usize, _: usize) -> Result<()> {
-        candle_core::bail!("the bf16 kernel needs an x86-64 CPU with AVX512-BF16")
-    }
 
     #[derive(Debug)]
     pub enum PackedLinear {}
