@@ -22,7 +22,10 @@ elif grep -qw avx512f /proc/cpuinfo; then CPU_CLASS=avx512
 elif grep -qw avx2 /proc/cpuinfo; then CPU_CLASS=avx2
 else CPU_CLASS=other; fi
 CPU_NAME=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
-export CPU_CLASS CPU_NAME
+# What was measured: the commit (with "+changes" when the tree differs from it) and the versions on the Python side.
+COMMIT="$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!bench/results' || echo +changes)"
+VERSIONS=$("$PY" -c 'from importlib.metadata import version as v; print("transformers " + v("transformers") + ", torch " + v("torch"))')
+export CPU_CLASS CPU_NAME COMMIT VERSIONS
 QWEN_ROWS="${QWEN_ROWS:-32}"
 [ -f "$WORK/llama-bench/config.json" ] || "$PY" bench/make_bench_model.py --out "$WORK/llama-bench"
 # The Qwen3-0.6B shape needs the real Qwen3 tokenizer (../shared/tokenizers/qwen3); MODELS=... skips it.
@@ -64,8 +67,9 @@ a = [json.loads(l)["score"] for l in open(f"{work}/sky-{tag}.jsonl")]
 b = [json.loads(l)["score"] for l in open(f"{work}/py-{tag}.jsonl")]
 delta = max(abs(x - y) for x, y in zip(a, b))
 import os
-res = {"model": tag, "cpu_class": os.environ["CPU_CLASS"], "cpu": os.environ["CPU_NAME"], "rows": sky["rows"], "tokens": sky["tokens"],
-       "skyscore_tokens_per_s": round(sky["tokens_per_s"]), "skyscore_wall_s": round(sky["wall_s"], 2),
+res = {"model": tag, "cpu_class": os.environ["CPU_CLASS"], "cpu": os.environ["CPU_NAME"], "cores": os.cpu_count(),
+       "skyscore_commit": os.environ["COMMIT"], "python_side": os.environ["VERSIONS"], "rows": sky["rows"], "tokens": sky["tokens"],
+       "padded_tokens": sky["padded_tokens"], "skyscore_tokens_per_s": round(sky["tokens_per_s"]), "skyscore_wall_s": round(sky["wall_s"], 2),
        "python_input_order_tokens_per_s": round(py["tokens_per_s"]), "python_input_order_wall_s": round(py["wall_s"], 2),
        "python_sorted_tokens_per_s": round(pys["tokens_per_s"]), "python_sorted_wall_s": round(pys["wall_s"], 2),
        "ratio_vs_input_order": round(sky["tokens_per_s"] / py["tokens_per_s"], 2),
@@ -92,7 +96,8 @@ pys = json.loads(open(f"{work}/python-sorted-bf16-{tag}.err").read().strip().spl
 scores = lambda name: {json.dumps(r["id"]): r["score"] for r in map(json.loads, open(f"{work}/{name}.jsonl"))}
 f32, sky16, py16 = scores(f"py-{tag}"), scores(f"sky16-{tag}"), scores(f"pys16-{tag}")
 import os
-res = {"model": tag, "cpu_class": os.environ["CPU_CLASS"], "cpu": os.environ["CPU_NAME"], "rows": sky["rows"], "tokens": sky["tokens"], "cpu_avx512_bf16": has_kernel,
+res = {"model": tag, "cpu_class": os.environ["CPU_CLASS"], "cpu": os.environ["CPU_NAME"], "cores": os.cpu_count(),
+       "skyscore_commit": os.environ["COMMIT"], "python_side": os.environ["VERSIONS"], "rows": sky["rows"], "tokens": sky["tokens"], "cpu_avx512_bf16": has_kernel,
        "skyscore_bf16_tokens_per_s": round(sky["tokens_per_s"]), "skyscore_f32_tokens_per_s": round(sky32["tokens_per_s"]),
        "python_sorted_bf16_tokens_per_s": round(pys["tokens_per_s"]),
        "ratio_vs_python_bf16_sorted": round(sky["tokens_per_s"] / pys["tokens_per_s"], 2),
