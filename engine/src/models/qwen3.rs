@@ -94,12 +94,18 @@ impl Attention {
         // Qwen3 normalises each head's q and k before the rotary embedding.
         let (hd, kv) = (self.head_dim, self.kv_heads);
         let q_rope = Some((&queries.cos, &queries.sin));
-        let q = split_heads(&self.q_proj.forward(&xq)?, (self.heads, hd), Some(&self.q_norm), q_rope)?;
-        let k = split_heads(&self.k_proj.forward(xs)?, (kv, hd), Some(&self.k_norm), Some((cos, sin)))?;
-        let v = split_heads(&self.v_proj.forward(xs)?, (kv, hd), None, None)?;
+        // The keys' and values' input, packed to the live positions when that pays; the queries'
+        // too when every position is queried.
+        let keys_in = queries.packed(xs)?;
+        let queries_in = if queries.all_positions() { keys_in.clone() } else { queries.packed(&xq)? };
+        let q =
+            split_heads(&queries_in.apply(|x| self.q_proj.forward(x))?, (self.heads, hd), Some(&self.q_norm), q_rope)?;
+        let k =
+            split_heads(&keys_in.apply(|x| self.k_proj.forward(x))?, (kv, hd), Some(&self.k_norm), Some((cos, sin)))?;
+        let v = split_heads(&keys_in.apply(|x| self.v_proj.forward(x))?, (kv, hd), None, None)?;
         let out = attention(&q, &k, &v, queries, 1.0 / (self.head_dim as f64).sqrt(), self.products)?;
         let out = out.transpose(1, 2)?.reshape((b, tq, self.heads * self.head_dim))?;
-        self.o_proj.forward(&out)
+        queries.packed(&out)?.apply(|x| self.o_proj.forward(x))
     }
 }
 
@@ -129,7 +135,7 @@ impl DecoderLayer {
     fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, queries: &QueryRows) -> Result<Tensor> {
         let h = self.self_attn.forward(&self.input_layernorm.forward(xs)?, cos, sin, queries)?;
         let xs = (queries.select(xs)? + h)?;
-        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&xs)?)?;
+        let h = queries.packed(&xs)?.apply(|x| self.mlp.forward(&self.post_attention_layernorm.forward(x)?))?;
         xs + h
     }
 }
