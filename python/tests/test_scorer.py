@@ -163,13 +163,19 @@ def test_ctrl_c_raises_keyboard_interrupt_and_keeps_the_scores(tmp_path, sample)
             rows.append({**r, "id": len(rows), "instruction": f"{r['instruction']} ({k})"})
     table = pa.Table.from_pylist(rows, schema=sample.schema)
     scorer = skyscore.Scorer(MODELS["tiny-llama"], store=tmp_path / "store.redb", chunk_rows=256)
+    # Python ignores SIGINT when it started with SIGINT ignored (a job started with `&` by a
+    # non-interactive shell): install the Ctrl-C handler for this test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGINT))
     started = time.monotonic()
     timer.start()
-    with pytest.raises(KeyboardInterrupt):
-        scorer.score_table(table)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            scorer.score_table(table)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     stopped_after = time.monotonic() - started
-    timer.cancel()
     saved = scorer.stats["committed_rows"]
     assert 0 < saved < len(rows), saved
     assert stopped_after < 10, f"stopped {stopped_after:.1f} s after the start"
