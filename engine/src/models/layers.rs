@@ -122,7 +122,7 @@ impl Proj {
                 let linear = linear_b(in_dim, out_dim, bias, vb)?;
                 if linear.weight().device().is_cpu() && linear.weight().dtype() == DType::F32 {
                     // A CPU f32 model built from tensors rather than a checkpoint (tests).
-                    return Ok(Proj::CpuF32(cpu::CpuLinear::new(linear, false)?));
+                    return Ok(Proj::CpuF32(cpu::CpuLinear::new(linear)?));
                 }
                 Ok(Proj::Dense(linear))
             }
@@ -288,9 +288,13 @@ impl QueryRows {
         }
     }
 
-    /// Whether these are all positions (not the pooled ones).
-    pub fn all_positions(&self) -> bool {
-        self.select.is_none()
+    /// The projections' inputs from a layer's normed input `xs` `[b, t, h]`: the queries' (the
+    /// rows these select) and the keys' and values' (every position), each [`packed`](Self::packed)
+    /// (one packing serves both when every position is queried).
+    pub fn projection_inputs(&self, xs: &Tensor) -> Result<(Packed, Packed)> {
+        let keys = self.packed(xs)?;
+        let queries = if self.select.is_none() { keys.clone() } else { self.packed(&self.select(xs)?)? };
+        Ok((queries, keys))
     }
 
     /// Queries at `pooled[row]` of each row; `cos`/`sin` are the `[t, d/2]` tables.

@@ -86,18 +86,14 @@ impl Attention {
     /// `xs` `[b, t, h]` gives keys and values; queries come from the rows `queries` selects.
     fn forward(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor, queries: &QueryRows) -> Result<Tensor> {
         let b = xs.dim(0)?;
-        let xq = queries.select(xs)?;
-        let tq = xq.dim(1)?;
         let (hd, kv) = (self.head_dim, self.kv_heads);
-        // The keys' and values' input, packed to the live positions when that pays; the queries'
-        // too when every position is queried.
-        let keys_in = queries.packed(xs)?;
-        let queries_in = if queries.all_positions() { keys_in.clone() } else { queries.packed(&xq)? };
+        let (queries_in, keys_in) = queries.projection_inputs(xs)?;
         let q_rope = Some((&queries.cos, &queries.sin));
         let q = split_heads(&queries_in.apply(|x| self.q_proj.forward(x))?, (self.heads, hd), None, q_rope)?;
         let k = split_heads(&keys_in.apply(|x| self.k_proj.forward(x))?, (kv, hd), None, Some((cos, sin)))?;
         let v = split_heads(&keys_in.apply(|x| self.v_proj.forward(x))?, (kv, hd), None, None)?;
         let out = attention(&q, &k, &v, queries, 1.0 / (self.head_dim as f64).sqrt(), self.products)?;
+        let tq = q.dim(2)?;
         let out = out.transpose(1, 2)?.reshape((b, tq, self.heads * self.head_dim))?;
         queries.packed(&out)?.apply(|x| self.o_proj.forward(x))
     }

@@ -27,75 +27,61 @@ pub fn matrix_view<'a>(
     }
 }
 
-/// How the values of a view become f32: as they are (exact: bf16 and f16 widen without loss), or
-/// rounded to the nearest bf16 first (`--dtype bf16` computed in f32).
-#[derive(Debug, Clone, Copy)]
-struct Reader {
-    dtype: safetensors::Dtype,
-    round_bf16: bool,
-}
-
-impl Reader {
-    fn new(view: &TensorView<'_>, round_bf16: bool) -> Self {
-        Self { dtype: view.dtype(), round_bf16 }
-    }
-
-    fn width(self) -> usize {
-        self.dtype.bitsize() / 8
-    }
-
-    /// The value whose little-endian bytes start `bytes`.
-    #[inline(always)]
-    fn value(self, bytes: &[u8]) -> f32 {
-        let value = match self.dtype {
-            safetensors::Dtype::F32 => f32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]),
-            safetensors::Dtype::F16 => f16::from_le_bytes([bytes[0], bytes[1]]).to_f32(),
-            _ => bf16::from_le_bytes([bytes[0], bytes[1]]).to_f32(),
-        };
-        if self.round_bf16 {
-            bf16::from_f32(value).to_f32()
-        } else {
-            value
+/// Runs `$body` with `$value` the reader of `$view`'s values: `Fn(&[u8; W]) -> f32` for its
+/// dtype (`W` bytes, little-endian), rounding to the nearest bf16 when `$round` is true (bf16 and
+/// f16 widen to f32 exactly). One copy of `$body` per dtype: no dispatch per value.
+macro_rules! with_reader {
+    ($view:expr, $round:expr, |$value:ident| $body:expr) => {{
+        let round_bf16: bool = $round;
+        let round = move |v: f32| if round_bf16 { bf16::from_f32(v).to_f32() } else { v };
+        match $view.dtype() {
+            safetensors::Dtype::F32 => {
+                let $value = move |b: &[u8; 4]| round(f32::from_le_bytes(*b));
+                $body
+            }
+            safetensors::Dtype::F16 => {
+                let $value = move |b: &[u8; 2]| round(f16::from_le_bytes(*b).to_f32());
+                $body
+            }
+            _ => {
+                let $value = move |b: &[u8; 2]| round(bf16::from_le_bytes(*b).to_f32());
+                $body
+            }
         }
-    }
+    }};
 }
 
 /// Row `row` of a `[rows, out.len()]` view, in f32 (`round_bf16`: rounded to bf16 on the way).
 pub fn read_row(view: &TensorView<'_>, row: usize, out: &mut [f32], round_bf16: bool) {
-    let reader = Reader::new(view, round_bf16);
-    let width = reader.width();
+    let width = view.dtype().bitsize() / 8;
     let bytes = &view.data()[row * out.len() * width..][..out.len() * width];
-    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(width)) {
-        *o = reader.value(b);
-    }
+    with_reader!(view, round_bf16, |value| {
+        for (o, b) in out.iter_mut().zip(bytes.as_chunks().0) {
+            *o = value(b);
+        }
+    })
 }
 
 /// A `[rows, cols]` view transposed into a row-major `[cols, rows]` f32 matrix, each value
 /// rounded to the nearest bf16 on the way with `round_bf16`.
 pub fn transposed(view: &TensorView<'_>, round_bf16: bool) -> Vec<f32> {
     let (rows, cols) = (view.shape()[0], view.shape()[1]);
-    let src = view.data();
-    let round = |v: f32| if round_bf16 { bf16::from_f32(v).to_f32() } else { v };
-    // One copy of the loop per dtype: no per-value dispatch.
-    match view.dtype() {
-        safetensors::Dtype::F32 => transpose_with::<4>(src, (rows, cols), |b| round(f32::from_le_bytes(*b))),
-        safetensors::Dtype::F16 => transpose_with::<2>(src, (rows, cols), |b| round(f16::from_le_bytes(*b).to_f32())),
-        _ => transpose_with::<2>(src, (rows, cols), |b| round(bf16::from_le_bytes(*b).to_f32())),
-    }
+    with_reader!(view, round_bf16, |value| transpose_with(view.data().as_chunks().0, (rows, cols), value))
 }
 
-/// The transposition of [`transposed`] for values of `W` bytes, in 32 × 32 tiles: a tile of
-/// source rows is converted into a small buffer (reads in order), then written out a result row
-/// at a time (writes in order). A plain strided copy of a large weight touches memory in the
-/// worst order: seconds at load for a 0.6B model.
+/// A row-major `[rows, cols]` matrix of `T` transposed into a row-major `[cols, rows]` f32 one,
+/// each value through `value`, in 32 × 32 tiles: a tile of source rows is converted into a small
+/// buffer (reads in order), then written out a result row at a time (writes in order). A plain
+/// strided copy of a large weight touches memory in the worst order: seconds at load for a 0.6B
+/// model.
 #[inline(always)]
-fn transpose_with<const W: usize>(
-    src: &[u8],
+pub(super) fn transpose_with<T: Sync, F: Fn(&T) -> f32 + Sync>(
+    src: &[T],
     (rows, cols): (usize, usize),
-    value: impl Fn(&[u8; W]) -> f32 + Sync,
+    value: F,
 ) -> Vec<f32> {
     const TILE: usize = 32;
-    assert_eq!(src.len(), rows * cols * W, "a [{rows}, {cols}] tensor of {W}-byte values");
+    assert_eq!(src.len(), rows * cols, "a [{rows}, {cols}] matrix");
     let mut out = vec![0f32; rows * cols];
     if out.is_empty() {
         return out;
@@ -108,9 +94,9 @@ fn transpose_with<const W: usize>(
         for r0 in (0..rows).step_by(TILE) {
             let height = TILE.min(rows - r0);
             for (r, converted) in tile.iter_mut().enumerate().take(height) {
-                let row = &src[((r0 + r) * cols + c0) * W..][..width * W];
-                for (v, bytes) in converted.iter_mut().zip(row.chunks_exact(W)) {
-                    *v = value(bytes.try_into().unwrap());
+                let row = &src[(r0 + r) * cols + c0..][..width];
+                for (v, x) in converted.iter_mut().zip(row) {
+                    *v = value(x);
                 }
             }
             for (c, out_row) in dst.chunks_exact_mut(rows).enumerate() {

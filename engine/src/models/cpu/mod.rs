@@ -132,9 +132,9 @@ pub struct CpuLinear {
 }
 
 impl CpuLinear {
-    /// `round_bf16`: round the weight to bf16 on the way (`--dtype bf16` without AVX512-BF16).
-    pub fn new(linear: candle_nn::Linear, round_bf16: bool) -> Result<Self> {
-        Ok(Self { weight_t: transpose_f32(linear.weight(), round_bf16)?, bias: linear.bias().cloned() })
+    /// From a candle `Linear` (a model built from tensors rather than a checkpoint: tests).
+    pub fn new(linear: candle_nn::Linear) -> Result<Self> {
+        Ok(Self { weight_t: transpose_f32(linear.weight())?, bias: linear.bias().cloned() })
     }
 
     /// The `[out_dim, in_dim]` weight `name` transposed straight from the memory-mapped
@@ -171,30 +171,12 @@ impl CpuLinear {
     }
 }
 
-/// A 2-D f32 matrix transposed into a new row-major one, in 32 × 32 tiles (a strided copy of a
-/// large weight reads memory in the worst order: seconds at load for a 0.6B model), each value
-/// rounded to the nearest bf16 on the way with `round_bf16`.
-fn transpose_f32(w: &Tensor, round_bf16: bool) -> Result<Tensor> {
-    use rayon::prelude::*;
-    const TILE: usize = 32;
+/// A 2-D f32 matrix transposed into a new row-major one ([`mapped::transpose_with`]'s tiles).
+fn transpose_f32(w: &Tensor) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
     let w = w.to_dtype(candle_core::DType::F32)?.contiguous()?;
     let (storage, layout) = w.storage_and_layout();
-    let src = cpu_f32(&storage, layout)?;
-    let mut out = vec![0f32; rows * cols];
-    // Each task writes TILE rows of the result (TILE columns of the source).
-    out.par_chunks_mut(TILE * rows).enumerate().for_each(|(block, dst)| {
-        let c0 = block * TILE;
-        let width = dst.len() / rows;
-        for r0 in (0..rows).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                let row = &src[r * cols + c0..r * cols + c0 + width];
-                for (c, v) in row.iter().enumerate() {
-                    dst[c * rows + r] = if round_bf16 { half::bf16::from_f32(*v).to_f32() } else { *v };
-                }
-            }
-        }
-    });
+    let out = mapped::transpose_with(cpu_f32(&storage, layout)?, (rows, cols), |&v| v);
     Tensor::from_vec(out, (cols, rows), w.device())
 }
 
@@ -270,7 +252,7 @@ mod tests {
         let device = candle_core::Device::Cpu;
         for (k, n) in [(64, 64), (64, 32), (160, 64), (64, 160), (1024, 3072), (3072, 1024), (1024, 1)] {
             let weight = Tensor::from_vec(values(k * n, 2), (n, k), &device).unwrap();
-            let linear = CpuLinear::new(candle_nn::Linear::new(weight.clone(), None), false).unwrap();
+            let linear = CpuLinear::new(candle_nn::Linear::new(weight.clone(), None)).unwrap();
             let expected: Vec<f32> = weight.t().unwrap().flatten_all().unwrap().to_vec1().unwrap();
             let transposed: Vec<f32> = linear.weight_t.flatten_all().unwrap().to_vec1().unwrap();
             assert_eq!(transposed, expected, "{k} × {n} transposed");
