@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# A soak with faults. (1) `skyscore score` over ROWS (default 200,000) distinct rows with the
-# score store, killed with `kill -9` at KILLS (default 5) random points, then run to the end;
-# its output must have every row once, in order, with the scores of an uninterrupted run
-# (bit for bit: scores do not depend on batching). (2) A cluster COPY of CLUSTER_ROWS (default
-# 20,000) rows with two executors, one of them killed twice (and restarted) while the query
-# runs; the output must have every row once with the uninterrupted scores.
-# Figures go to bench/results/soak.json.
+# A soak with faults, where every kill is checked to land on a process that is alive and
+# mid-work. (1) `skyscore score` over ROWS (default 200,000) distinct rows with the score store,
+# killed with `kill -9` KILLS times (default 5): each run is killed once it has committed STEP
+# more scores to the store (read from its own debug log, the line the store writer prints after
+# each durable commit), never after it finished; then a last run completes the job. Its output
+# must have every row once, in order, with the scores of an uninterrupted run, bit for bit.
+# (2) A cluster COPY of CLUSTER_ROWS (default 20,000) rows with two executors, executor 1 killed
+# twice while it is scoring (after it logged device batches of this query), and restarted; the
+# output must have every row once with the uninterrupted scores.
+# Figures go to bench/results/soak.json; the script fails if a kill missed a running process.
 #
-#   bench/soak.sh [SKYSCORE_BINARY] [PYTHON]    (SEED=... to repeat a run's kill points)
+#   bench/soak.sh [SKYSCORE_BINARY] [PYTHON]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN="${1:-/var/tmp/skyscore-target-release/release/skyscore}"
@@ -15,53 +18,65 @@ PY="${2:-/var/tmp/skyscore-pyci/bin/python}"
 ROWS="${ROWS:-200000}"
 KILLS="${KILLS:-5}"
 CLUSTER_ROWS="${CLUSTER_ROWS:-20000}"
-SEED="${SEED:-$(date +%s)}"
+STEP="${STEP:-$((ROWS / (KILLS + 2)))}"
 MODEL=sample_data/models/tiny-llama
 WORK=$(mktemp -d /var/tmp/skyscore-soak.XXXXXX)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done; pids=(); }
 trap 'cleanup; rm -rf "$WORK"' EXIT
-echo "soak: seed $SEED (SEED=$SEED repeats these kill points), work folder $WORK"
-RANDOM=$SEED
+echo "soak: $ROWS rows, $KILLS kills every $STEP committed scores, work folder $WORK"
 now() { date +%s.%N; }
+# The highest `committed=N` a run's debug log shows (0 before its first commit).
+committed_in() { grep -o 'scores committed to the store.*committed=[0-9]*' "$1" 2>/dev/null | tail -1 | sed 's/.*committed=//' || true; }
 "$PY" bench/make_large_table.py --rows "$ROWS" --out "$WORK/rows.parquet"
-score() { "$BIN" score --model "$MODEL" --max-length 64 --input "$WORK/rows.parquet" --no-progress "$@"; }
+score_args=(score --model "$MODEL" --max-length 64 --input "$WORK/rows.parquet" --no-progress)
 
 # 1a. The uninterrupted run, no store: the reference.
-t0=$(now); score --output "$WORK/clean.parquet" --no-store 2>/dev/null; t1=$(now)
+t0=$(now); "$BIN" "${score_args[@]}" --output "$WORK/clean.parquet" --no-store 2>/dev/null; t1=$(now)
 clean_s=$(echo "$t1 - $t0" | bc)
 echo "soak: clean run $clean_s s"
 
-# 1b. The same job with a store, killed KILLS times at random points, then run to the end.
-points=()
+# 1b. The same job with a store, killed KILLS times mid-run, then run to the end.
+runs_json=()
 t2=$(now)
 for k in $(seq "$KILLS"); do
-  # The binary itself in the background (a function would run in a subshell that kill -9
-  # would end, leaving skyscore running).
-  "$BIN" score --model "$MODEL" --max-length 64 --input "$WORK/rows.parquet" --no-progress \
-    --output "$WORK/soak.parquet" --store "$WORK/store.redb" 2>/dev/null &
+  log="$WORK/run-$k.log"
+  # The binary itself in the background, so that $! is skyscore (not a subshell).
+  RUST_LOG=skyscore_engine=debug "$BIN" "${score_args[@]}" --output "$WORK/soak.parquet" \
+    --store "$WORK/store.redb" 2>"$log" &
   pid=$!
-  # A random point in the first 60% of a clean run: later runs start with rows in the store.
-  percent=$((RANDOM % 60 + 1))
-  point=$(echo "scale=2; $clean_s * $percent / 100" | bc)
-  points+=("$point")
-  sleep "$point"
-  kill -9 "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  if kill -0 "$pid" 2>/dev/null; then echo "soak: process $pid survived kill -9"; exit 1; fi
-  echo "soak: kill $k after $point s; store: $("$BIN" store info --store "$WORK/store.redb" | head -1)"
+  started=$(now)
+  while :; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "soak: run $k ended before it had committed $STEP scores: the kill would miss it"; exit 1
+    fi
+    c=$(committed_in "$log"); c=${c:-0}
+    [ "$c" -ge "$STEP" ] && break
+    sleep 0.05
+  done
+  # Alive just before the signal, and killed by it (status 137), not finished.
+  kill -0 "$pid"
+  kill -9 "$pid"
+  killed_at=$(now)
+  status=0; wait "$pid" || status=$?
+  if [ "$status" -ne 137 ]; then echo "soak: run $k exited with $status, not by the kill"; exit 1; fi
+  c=$(committed_in "$log")
+  in_store=$("$BIN" store info --store "$WORK/store.redb" | head -1 | sed 's/.*: \([0-9]*\) scores.*/\1/')
+  scored=$(grep -c 'device batch scored' "$log" || true)
+  secs=$(echo "$killed_at - $started" | bc)
+  echo "soak: kill $k after $secs s, alive and mid-run: $c scores committed by this run ($scored device batches), $in_store in the store"
+  runs_json+=("{\"killed_after_s\": $secs, \"exit_status\": $status, \"committed_by_this_run_at_kill\": $c, \"device_batches_before_kill\": $scored, \"store_entries_after_kill\": $in_store}")
 done
-score --output "$WORK/soak.parquet" --store "$WORK/store.redb" --stats-json "$WORK/final.json" 2>/dev/null
+"$BIN" "${score_args[@]}" --output "$WORK/soak.parquet" --store "$WORK/store.redb" --stats-json "$WORK/final.json" 2>/dev/null
 t3=$(now)
 soak_s=$(echo "$t3 - $t2" | bc)
 
 # 2. The cluster: scheduler, two executors (each with its own store), a COPY; executor 1 is
-# killed twice while the query runs, and restarted each time.
+# killed twice while it scores this query, and restarted each time.
 "$PY" - "$WORK" "$CLUSTER_ROWS" <<'PYEOF'
-import sys, pyarrow.parquet as pq
+import os, sys, pyarrow.parquet as pq
 work, n = sys.argv[1], int(sys.argv[2])
 table = pq.read_table(f"{work}/rows.parquet").slice(0, n)
-import os
 os.makedirs(f"{work}/ctable", exist_ok=True)
 for part in range(8):
     pq.write_table(table.slice(part * n // 8, n // 8 if part < 7 else n - 7 * (n // 8)), f"{work}/ctable/part-{part}.parquet")
@@ -73,16 +88,16 @@ query="COPY (SELECT id, skywork_score(instruction, input, output) AS score FROM 
 pids+=($!)
 for _ in $(seq 100); do grep -q listening "$WORK/scheduler.out" && break; sleep 0.1; done
 address=$(awk '{print $NF}' "$WORK/scheduler.out")
-executor() { # N: start executor N (its own ports and store)
-  "$BIN" cluster executor --scheduler "$address" --bind "127.0.0.1:$((52300 + 10 * $1))" \
-    --grpc-port $((52301 + 10 * $1)) --concurrent-tasks 1 --heartbeat-interval 1 --model "$MODEL" \
-    --max-length 64 --store "$WORK/executor-$1.redb" --work-dir "$WORK/work-$1" \
-    >"$WORK/executor-$1.out" 2>"$WORK/executor-$1.log" &
+executor() { # N RUN: start executor N (its own ports and store), logging to executor-N-RUN.log
+  RUST_LOG=skyscore_engine=debug "$BIN" cluster executor --scheduler "$address" \
+    --bind "127.0.0.1:$((52300 + 10 * $1))" --grpc-port $((52301 + 10 * $1)) --concurrent-tasks 1 \
+    --heartbeat-interval 1 --model "$MODEL" --max-length 64 --store "$WORK/executor-$1.redb" \
+    --work-dir "$WORK/work-$1" >"$WORK/executor-$1.out" 2>"$WORK/executor-$1-$2.log" &
   echo $!
 }
 mkdir -p "$WORK/work-0" "$WORK/work-1"
-e0=$(executor 0); pids+=("$e0")
-e1=$(executor 1); pids+=("$e1")
+e0=$(executor 0 0); pids+=("$e0")
+e1=$(executor 1 0); pids+=("$e1")
 sleep 2
 t4=$(now)
 "$BIN" sql --cluster "df://$address" --model "$MODEL" --max-length 64 -t "sft=$WORK/ctable" "$query" \
@@ -90,14 +105,24 @@ t4=$(now)
 client=$!
 cluster_kills=()
 for k in 1 2; do
-  tenths=$((RANDOM % 30 + 10))
-  point=$(echo "scale=1; $tenths / 10" | bc)
-  sleep "$point"
-  kill -9 "$e1" 2>/dev/null || true
-  cluster_kills+=("$point")
-  echo "soak: cluster: executor 1 killed ($k) $point s after the previous event"
+  log="$WORK/executor-1-$((k - 1)).log"
+  # Kill once this executor has scored 20 device batches of the query, while it is alive.
+  for _ in $(seq 1200); do
+    [ "$(grep -c 'device batch scored' "$log" 2>/dev/null || true)" -ge 20 ] && break
+    kill -0 "$client" 2>/dev/null || break
+    sleep 0.05
+  done
+  batches=$(grep -c 'device batch scored' "$log" || true)
+  if [ "$batches" -lt 20 ] || ! kill -0 "$e1" 2>/dev/null; then
+    echo "soak: cluster: executor 1 did not score 20 batches while alive (scored $batches): the kill would miss it"; exit 1
+  fi
+  kill -9 "$e1"
+  status=0; wait "$e1" || status=$?
+  if [ "$status" -ne 137 ]; then echo "soak: cluster: executor 1 exited with $status, not by the kill"; exit 1; fi
+  cluster_kills+=("{\"device_batches_before_kill\": $batches, \"exit_status\": $status}")
+  echo "soak: cluster: executor 1 killed ($k) after $batches device batches of the query"
   sleep 1
-  e1=$(executor 1); pids+=("$e1")
+  e1=$(executor 1 "$k"); pids+=("$e1")
 done
 cluster_ok=true
 wait "$client" || cluster_ok=false
@@ -105,17 +130,20 @@ t5=$(now)
 cluster_s=$(echo "$t5 - $t4" | bc)
 cleanup
 
-"$PY" - "$WORK" "$SEED" "$ROWS" "$clean_s" "$soak_s" "${points[*]}" "$cluster_ok" "$cluster_s" \
-  "${cluster_kills[*]}" "$CLUSTER_ROWS" "$BIN" <<'PYEOF'
+runs=$(IFS=,; echo "[${runs_json[*]}]")
+ckills=$(IFS=,; echo "[${cluster_kills[*]}]")
+"$PY" - "$WORK" "$ROWS" "$clean_s" "$soak_s" "$runs" "$cluster_ok" "$cluster_s" "$ckills" "$CLUSTER_ROWS" "$BIN" "$STEP" <<'PYEOF'
 import json, subprocess, sys
 import pyarrow.parquet as pq
-work, seed, rows, clean_s, soak_s, points, cluster_ok, cluster_s, cluster_kills, cluster_rows, binary = sys.argv[1:12]
+work, rows, clean_s, soak_s, runs, cluster_ok, cluster_s, ckills, cluster_rows, binary, step = sys.argv[1:12]
+runs, ckills = json.loads(runs), json.loads(ckills)
 clean, soak = pq.read_table(f"{work}/clean.parquet"), pq.read_table(f"{work}/soak.parquet")
 assert soak.num_rows == clean.num_rows == int(rows), (soak.num_rows, clean.num_rows)
 assert soak.column("id").to_pylist() == clean.column("id").to_pylist(), "every row once, in input order"
 differ = sum(a != b for a, b in zip(soak.column("score").to_pylist(), clean.column("score").to_pylist()))
 assert differ == 0, f"{differ} scores differ from the uninterrupted run"
 final = json.load(open(f"{work}/final.json"))
+assert all(r["exit_status"] == 137 and r["committed_by_this_run_at_kill"] >= int(step) for r in runs), runs
 assert cluster_ok == "true", open(f"{work}/cluster.err").read()[-2000:]
 cc, cl = pq.read_table(f"{work}/cluster-clean.parquet"), pq.read_table(f"{work}/cluster.parquet")
 clean_by_id = dict(zip(cc.column("id").to_pylist(), cc.column("score").to_pylist()))
@@ -127,23 +155,22 @@ cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.starts
 flags = open("/proc/cpuinfo").read()
 cpu_class = "avx512bf16" if "avx512_bf16" in flags else "avx512" if "avx512f" in flags else "avx2"
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
 result = {
-    "what": "kill -9 soak: score with the store killed at random points then run to the end; a cluster COPY "
-            "with one of two executors killed twice",
-    "cpu": cpu, "cpu_class": cpu_class, "commit": commit, "binary": binary, "seed": int(seed),
+    "what": "kill -9 soak: score with the store, each run killed once it had committed a set number of scores "
+            "(alive and mid-run, exit status 137 checked), then run to the end; a cluster COPY with one of two "
+            "executors killed twice while it scored",
+    "cpu": cpu, "cpu_class": cpu_class, "commit": commit + ("+uncommitted" if dirty else ""), "binary": binary,
     "model": "tiny-llama, max_length 64",
     "score": {
-        "rows": int(rows), "kills": len(points.split()), "kill_points_s": [float(p) for p in points.split()],
+        "rows": int(rows), "kills": len(runs), "kill_after_committed": int(step), "killed_runs": runs,
         "clean_run_s": round(float(clean_s), 2), "soak_s_all_runs": round(float(soak_s), 2),
-        "overhead_vs_clean": round(float(soak_s) / float(clean_s), 2),
+        "time_in_killed_runs_s": round(sum(r["killed_after_s"] for r in runs), 2),
         "final_run_model_rows": final["model_rows"], "final_run_store_hits": final["store_hits"],
-        # Rows the killed runs scored and kept, plus the final run's: the work lost in flight at
-        # each kill shows in the overhead instead.
-        "model_rows_kept_in_all": final["store_hits"] + final["model_rows"],
         "rows_in_output": soak.num_rows, "scores_differing_from_clean": differ,
     },
     "cluster": {
-        "rows": int(cluster_rows), "executor_kills": len(cluster_kills.split()),
+        "rows": int(cluster_rows), "executor_kills": ckills,
         "query_s": round(float(cluster_s), 2), "rows_in_output": len(ids), "duplicate_rows": len(ids) - len(set(ids)),
         "scores_differing_from_clean": cluster_differ,
     },

@@ -190,8 +190,7 @@ impl RunSummary {
     /// [`write_json`](Self::write_json) through a temporary sibling, so a reader never sees a
     /// half-written file.
     pub fn write_json_atomically(&self, path: &Path) -> Result<()> {
-        let temp = crate::io::paths::temp_sibling(path);
-        self.write_json(&temp)?;
-        crate::io::paths::replace_with(&temp, path)
+        let text = serde_json::to_string_pretty(self)? + "\n";
+        crate::io::paths::write_atomically(path, text.as_bytes())
     }
 }

@@ -38,13 +38,16 @@ fn big_input(dir: &Path) -> PathBuf {
 
 const BIG_ROWS: u64 = 1920;
 
-/// A skyscore run in the background whose engine logs each device batch (debug level), so a
-/// test can act on an observed event (batches committed) instead of a fraction of a measured
-/// time, which a loaded machine can outrun. Killed when dropped.
+/// A skyscore run in the background whose engine logs each device batch and each commit to the
+/// store (debug level), so a test can act on an observed event (batches scored, scores
+/// committed) instead of a fraction of a measured time, which a loaded machine can outrun.
+/// Killed when dropped.
 struct Running {
     child: Child,
-    /// `committed` of each "device batch scored" line, as they come.
-    batches: std::sync::mpsc::Receiver<u64>,
+    /// One message per "device batch scored" line, as they come.
+    batches: std::sync::mpsc::Receiver<()>,
+    /// `committed` of the latest "scores committed to the store" line.
+    committed: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stderr: Option<std::thread::JoinHandle<String>>,
     _isolated: Isolated,
 }
@@ -60,33 +63,49 @@ impl Running {
             .spawn()
             .expect("start skyscore");
         let (tx, batches) = std::sync::mpsc::channel();
+        let committed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = committed.clone();
         let pipe = child.stderr.take().unwrap();
         let stderr = std::thread::spawn(move || {
             use std::io::BufRead;
             let mut text = String::new();
             for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
                 if line.contains("device batch scored") {
-                    let committed = line.split("committed=").nth(1).and_then(|v| v.trim().parse().ok());
-                    let _ = tx.send(committed.unwrap_or(0));
+                    let _ = tx.send(());
+                }
+                if line.contains("scores committed to the store") {
+                    let n = line.split("committed=").nth(1).and_then(|v| v.split_whitespace().next()?.parse().ok());
+                    seen.store(n.expect("a committed count"), std::sync::atomic::Ordering::SeqCst);
                 }
                 text.push_str(&line);
                 text.push('\n');
             }
             text
         });
-        Self { child, batches, stderr: Some(stderr), _isolated: isolated }
+        Self { child, batches, committed, stderr: Some(stderr), _isolated: isolated }
     }
 
-    /// Waits (at most `limit`) until `n` device batches were scored; returns the scores the
-    /// last of them had committed to the store in all.
-    fn wait_for_batches(&self, n: usize, limit: Duration) -> u64 {
+    /// Waits (at most `limit`) until `n` device batches were scored.
+    fn wait_for_batches(&self, n: usize, limit: Duration) {
         let deadline = Instant::now() + limit;
-        let mut committed = 0;
         for _ in 0..n {
             let left = deadline.saturating_duration_since(Instant::now());
-            committed = self.batches.recv_timeout(left).unwrap_or_else(|e| panic!("waiting for {n} batches: {e}"));
+            self.batches.recv_timeout(left).unwrap_or_else(|e| panic!("waiting for {n} batches: {e}"));
         }
-        committed
+    }
+
+    /// Waits (at most `limit`) until at least `n` scores are committed to the store; returns how
+    /// many are.
+    fn wait_for_committed(&self, n: u64, limit: Duration) -> u64 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let committed = self.committed.load(std::sync::atomic::Ordering::SeqCst);
+            if committed >= n {
+                return committed;
+            }
+            assert!(Instant::now() < deadline, "waiting for {n} committed scores (have {committed})");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Sends `signal` (`-INT`, `-TERM`, `-KILL`) through kill(1): no libc in the tests.
@@ -165,7 +184,8 @@ fn score_resumes_after_kill_9_with_identical_output() {
         let store = dir.path().join(format!("store-{k}.redb"));
         let (out, stats) = (dir.path().join(format!("out-{k}.jsonl")), dir.path().join(format!("s-{k}.json")));
         let running = Running::start(&score_args(&out, &store, &stats, &model, &input));
-        let committed = running.wait_for_batches(batches, WAIT);
+        running.wait_for_batches(batches, WAIT);
+        let committed = running.wait_for_committed(1, WAIT);
         running.signal("-KILL");
         let (code, _) = running.finish(WAIT);
         assert_eq!(code, None, "killed by a signal");
@@ -212,7 +232,8 @@ fn sql_copy_resumes_after_kill_9() {
     let sql = copy(&out);
     let args = ["sql", "--model", &model, "-t", &table, "--store", p(&store), "--no-progress", &sql];
     let running = Running::start(&args);
-    let committed = running.wait_for_batches(10, WAIT);
+    running.wait_for_batches(10, WAIT);
+    let committed = running.wait_for_committed(1, WAIT);
     running.signal("-KILL");
     running.finish(WAIT);
     assert!(!out.exists(), "no half-written target");
@@ -392,36 +413,86 @@ fn a_damaged_store_is_named_checked_and_repaired() {
     let input = repo().join("sample_data/sft_sample.parquet");
     let out = dir.path().join("out.jsonl");
     let model = model_dir("tiny-llama");
-    let run = || score(p(&model), &input, &out, &["--store", p(&store), "--no-progress"]);
+    let stats = dir.path().join("s.json");
+    let run = || score(p(&model), &input, &out, &["--store", p(&store), "--no-progress", "--stats-json", p(&stats)]);
     assert!(run().status.success());
     let check = skyscore(&["store", "check", "--store", p(&store)]);
     assert!(check.status.success(), "{}", stderr(&check));
     assert!(String::from_utf8_lossy(&check.stdout).contains("pages intact; 320 entries, 0 damaged"));
 
-    // Garbage over the middle of the file.
+    // Garbage over every page but the header: the pages a run reads are certainly hit (damage
+    // in the middle of the file alone may land on pages no commit uses any more).
     let mut bytes = std::fs::read(&store).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle - 2000..middle + 2000].fill(0x67);
+    bytes[4096..].fill(0x67);
     std::fs::write(&store, &bytes).unwrap();
 
     let failed = run();
     let err = stderr(&failed);
-    assert!(!failed.status.success() || err.contains("damaged entries"), "{err}");
+    assert_eq!(failed.status.code(), Some(1), "{err}");
     assert!(!err.contains("panicked"), "{err}");
-    if !failed.status.success() {
-        assert!(err.contains(&format!("the score store {} is damaged", store.display())), "{err}");
-        assert!(err.contains("skyscore store repair") && err.contains("--no-store"), "{err}");
-    }
+    assert!(err.contains(&format!("the score store {} is damaged", store.display())), "{err}");
+    assert!(err.contains("skyscore store repair") && err.contains("--no-store"), "{err}");
+    let check = skyscore(&["store", "check", "--store", p(&store)]);
+    assert_eq!(check.status.code(), Some(1), "store check fails on the damage: {}", stderr(&check));
+    assert!(stderr(&check).contains("is damaged"), "{}", stderr(&check));
+
     let repair = skyscore(&["store", "repair", "--store", p(&store)]);
     assert!(repair.status.success(), "{}", stderr(&repair));
+    assert!(
+        String::from_utf8_lossy(&repair.stdout).contains(": damaged ("),
+        "{}",
+        String::from_utf8_lossy(&repair.stdout)
+    );
     let kept: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("scores.redb.damaged-"))
         .collect();
     assert_eq!(kept.len(), 1, "the damaged file is kept beside the fresh store");
+    assert!(std::fs::read(dir.path().join(&kept[0])).unwrap() == bytes, "kept as it was");
     let again = run();
     assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(json(&stats)["model_rows"], 320, "nothing was readable: every row is scored again");
     let check = skyscore(&["store", "check", "--store", p(&store)]);
     assert!(check.status.success(), "{}", stderr(&check));
+    assert!(String::from_utf8_lossy(&check.stdout).contains("pages intact; 320 entries, 0 damaged"));
+}
+
+/// The case of the issue: `store repair` on a store a job was writing renamed the live store
+/// away, and `store clear` emptied it under the job. Now each upkeep command is refused while
+/// another process (here this test, opening the store as a scoring job does) uses the store,
+/// and nothing is renamed, created or removed; once the job is gone they run.
+#[test]
+fn upkeep_of_a_store_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("scores.redb");
+    let input = repo().join("sample_data/sft_sample.parquet");
+    let out = dir.path().join("out.jsonl");
+    let scored = score(&tiny_llama(), &input, &out, &["--store", p(&store), "--no-progress"]);
+    assert!(scored.status.success(), "{}", stderr(&scored));
+    let listing = || {
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        names
+    };
+    let job = skyscore_engine::store::ScoreStore::open(&store, std::time::Duration::ZERO).unwrap().expect("free");
+    let before = (listing(), std::fs::read(&store).unwrap());
+    for command in ["clear", "check", "repair"] {
+        let run = skyscore(&["store", command, "--store", p(&store)]);
+        let err = stderr(&run);
+        assert_eq!(run.status.code(), Some(1), "{command}: {err}");
+        assert!(err.contains("in use by another skyscore process; stop it first"), "{command}: {err}");
+        assert!((listing(), std::fs::read(&store).unwrap()) == before, "{command} changed nothing");
+    }
+    // Reading beside a job is fine.
+    let info = skyscore(&["store", "info", "--store", p(&store)]);
+    assert!(String::from_utf8_lossy(&info.stdout).contains(": 320 scores"), "{}", stderr(&info));
+    assert_eq!(job.len().unwrap(), 320);
+    drop(job);
+    let repair = skyscore(&["store", "repair", "--store", p(&store)]);
+    assert!(repair.status.success(), "{}", stderr(&repair));
+    assert!(String::from_utf8_lossy(&repair.stdout).contains("no damage found (320 scores); nothing was changed"));
+    let clear = skyscore(&["store", "clear", "--store", p(&store)]);
+    assert!(String::from_utf8_lossy(&clear.stdout).contains("removed 320 scores"), "{}", stderr(&clear));
 }

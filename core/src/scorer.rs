@@ -47,6 +47,9 @@ pub enum ScorerError {
 /// scores a rerun will have to compute again, and why.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct StoreOutcome {
+    /// Scores of this run committed to the store (the figures report it under their own name).
+    #[serde(skip)]
+    pub committed_rows: usize,
     pub unsaved_rows: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store_failure: Option<String>,

@@ -64,7 +64,32 @@ const FIELDS: &[&str] = &[
     "bos_token_id",
     "eos_token_id",
     "num_labels",
+    // Rope scaling, field by field (Llama's llama3 block; Qwen3 gets a block of its own) and
+    // whole.
+    "rope_scaling.rope_type",
+    "rope_scaling.factor",
+    "rope_scaling.low_freq_factor",
+    "rope_scaling.high_freq_factor",
+    "rope_scaling.original_max_position_embeddings",
+    "rope_scaling",
+    "rope_parameters.rope_theta",
+    "rope_parameters.rope_type",
+    "rope_parameters.factor",
 ];
+
+/// Sets `field` (`name` or `block.name`) of `config` to `value`; a block that is not an object
+/// becomes one first.
+fn set_field(config: &mut Value, field: &str, value: Value) {
+    match field.split_once('.') {
+        None => config[field] = value,
+        Some((block, name)) => {
+            if !config[block].is_object() {
+                config[block] = json!({});
+            }
+            config[block][name] = value;
+        }
+    }
+}
 
 fn any_value() -> impl Strategy<Value = Value> {
     prop_oneof![
@@ -79,6 +104,9 @@ fn any_value() -> impl Strategy<Value = Value> {
         Just(json!(1e308)),
         Just(json!(-0.0)),
         Just(json!([1, 2])),
+        Just(json!("llama3")),
+        Just(json!("linear")),
+        Just(json!("yarn")),
         (0u64..5000).prop_map(|v| json!(v)),
         (-10.0f64..10.0).prop_map(|v| json!(v)),
     ]
@@ -95,7 +123,7 @@ proptest! {
     ) {
         let mut config = base_config(qwen3);
         for (field, value) in &changes {
-            config[FIELDS[*field]] = value.clone();
+            set_field(&mut config, FIELDS[*field], value.clone());
         }
         let dir = tempfile::tempdir().unwrap();
         checkpoint_with(dir.path(), &config, qwen3);

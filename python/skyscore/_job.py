@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import itertools
 import json
 import os
+import secrets
+import shutil
 import socket
 from typing import Any
 
@@ -48,21 +53,85 @@ def _open_input(path: str, batch_rows: int) -> pa.RecordBatchReader:
     return table.to_reader(max_chunksize=batch_rows)
 
 
+_TEMP_COUNTER = itertools.count()
+
+
+def _remove_stale_temps(folder: str, prefix: str) -> None:
+    """Removes the temporaries of a target whose writer is gone: nobody holds the lock on their
+    ``.lock`` file (the command line's scheme, see src/io/paths/temp.rs)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".lock")):
+            continue
+        uid = name[len(prefix) : -len(".lock")]
+        lock_path = os.path.join(folder, name)
+        try:
+            fd = os.open(lock_path, os.O_WRONLY)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # its writer lives
+            for temp in names:
+                if temp.startswith(f"{prefix}{uid}.tmp"):
+                    path = os.path.join(folder, temp)
+                    if os.path.isdir(path):
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        with contextlib.suppress(OSError):
+                            os.remove(path)
+            with contextlib.suppress(OSError):
+                os.remove(lock_path)
+        finally:
+            os.close(fd)
+
+
 class _Writer:
-    """Writes to a temporary sibling named after this host and process, renamed over the target
-    at the end: a reader never sees a half-written file and a failed run leaves the old one."""
+    """Writes to a temporary sibling ``.NAME.skyscore-ID.tmp.EXT``, renamed over the target at the
+    end: a reader never sees a half-written file and a failed run leaves the old one. The writer
+    holds a lock on ``.NAME.skyscore-ID.lock`` while it lives, so a later run (of the command line
+    or of Python, on any machine sharing the folder) removes the temporary only once its writer is
+    gone."""
 
     def __init__(self, path: str, schema: pa.Schema, metadata: dict[str, str]) -> None:
         self.path, self.fmt = path, _format(path)
         folder, name = os.path.split(os.path.abspath(path))
-        self.temp = os.path.join(folder, f".{name}.skyscore-{socket.gethostname()}-{os.getpid()}.tmp")
+        stem, ext = os.path.splitext(name)
+        prefix = f".{stem}.skyscore-"
+        _remove_stale_temps(folder, prefix)
+        host = "".join(c if c.isascii() and c.isalnum() else "_" for c in socket.gethostname()) or "host"
+        uid = f"{host}-{os.getpid()}-{next(_TEMP_COUNTER)}-{secrets.token_hex(4)}"
+        # Locked under a name no scan looks at, then renamed: nobody sees the lock file unheld.
+        claim = os.path.join(folder, f"{prefix}{uid}.claim")
+        self.lock_path = os.path.join(folder, f"{prefix}{uid}.lock")
+        self.lock_fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        os.rename(claim, self.lock_path)
+        self.temp = os.path.join(folder, f"{prefix}{uid}.tmp{ext}")
         self.first = True
-        if self.fmt == "parquet":
-            self.parquet = pq.ParquetWriter(self.temp, schema.with_metadata(metadata))
-        else:
-            self.file = open(self.temp, "w", encoding="utf-8")
-            if self.fmt == "json":
-                self.file.write("[")
+        try:
+            if self.fmt == "parquet":
+                self.parquet = pq.ParquetWriter(self.temp, schema.with_metadata(metadata))
+            else:
+                self.file = open(self.temp, "w", encoding="utf-8")
+                if self.fmt == "json":
+                    self.file.write("[")
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        """Removes the temporary (if still there), then the lock file, then lets the lock go."""
+        with contextlib.suppress(OSError):
+            os.remove(self.temp)
+        with contextlib.suppress(OSError):
+            os.remove(self.lock_path)
+        os.close(self.lock_fd)
 
     def write(self, batch: pa.RecordBatch) -> None:
         if self.fmt == "parquet":
@@ -83,14 +152,16 @@ class _Writer:
             if self.fmt == "json":
                 self.file.write("\n]\n")
             self.file.close()
-        os.replace(self.temp, self.path)
+        try:
+            os.replace(self.temp, self.path)
+        finally:
+            self._release()
 
     def abandon(self) -> None:
         try:
             (self.parquet if self.fmt == "parquet" else self.file).close()
         finally:
-            if os.path.exists(self.temp):
-                os.remove(self.temp)
+            self._release()
 
 
 def score(

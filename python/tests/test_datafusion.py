@@ -26,7 +26,7 @@ def test_threshold_query_returns_the_clis_rows_scoring_each_row_once():
     got = ctx.sql(query).to_arrow_table()
     assert got.column("id").to_pylist() == want
     by_id = dict(zip(expected.column("id").to_pylist(), expected.column("score").to_pylist()))
-    assert max(abs(s - by_id[i]) for i, s in zip(got.column("id").to_pylist(), got.column("score").to_pylist())) <= 1e-6
+    assert all(s == by_id[i] for i, s in zip(got.column("id").to_pylist(), got.column("score").to_pylist()))
 
     sql = scorer.stats["sql"]
     assert sql["model_rows"] == cli_stats["model_rows"], "each distinct row scored once"

@@ -88,16 +88,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if let Some(signal) = crate::interrupt::requested() {
-                let name = crate::interrupt::signal_name(signal);
-                match store {
-                    Some(path) => eprintln!(
-                        "stopped by {name}. Every score computed so far is in the score store {}: run the same command again to resume.",
-                        path.display()
-                    ),
-                    None => eprintln!(
-                        "stopped by {name}. No score store was used (--no-store): a rerun scores every row again."
-                    ),
-                }
+                eprintln!("{}", crate::interrupt::stop_message(signal, store.as_deref()));
                 return ExitCode::from(crate::interrupt::exit_code(signal));
             }
             eprintln!("error: {e:#}");

@@ -2,7 +2,7 @@
 //! [`Engine::score_chunks`]: windows of the input table are the chunks, and the policy for rows
 //! that cannot be scored (fail, or null with `--skip-invalid`) lives here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,6 +16,7 @@ use skyscore_core::{Conversation, RowScore, ScoreDistribution, Scored, TokenLeng
 use super::distribution::{render, DETAILED_BINS, TERMINAL_BINS};
 use super::engine_args::EngineArgs;
 use super::progress::Progress;
+use crate::io::paths::OutputKind;
 use crate::io::{open_input, OutputWriter};
 use crate::plot::{write_histogram, Measure};
 use crate::run::{check_report_paths, RunSummary};
@@ -89,6 +90,9 @@ pub fn run(args: ScoreArgs) -> Result<()> {
         id: args.id_column.clone(),
     };
     crate::io::paths::check_not_input(&args.input, &args.output)?;
+    // Refused now, not after the model has loaded: an output that is a folder or has no format.
+    crate::io::OutputFormat::from_path(&args.output)?;
+    crate::io::paths::check_target(&args.output, OutputKind::File, std::slice::from_ref(&args.input))?;
     let input = open_input(&args.input, resolved.options.chunk_rows(), args.skip_invalid)?;
     let skipped_lines = input.skipped.clone();
     let file = args.input.display().to_string();
@@ -126,14 +130,24 @@ pub fn run(args: ScoreArgs) -> Result<()> {
     progress.finish();
     if let Err(e) = result {
         writer.abandon();
+        let (committed, outcome) = (engine.committed_rows(), engine.store_outcome());
         if let Some(path) = engine.store_path() {
             eprintln!(
-                "{} rows of this run were scored and saved in the score store {}; {} rows were done before it stopped",
-                engine.committed_rows(),
+                "{committed} rows of this run were scored and saved in the score store {}{}; {} rows were done before it stopped",
                 path.display(),
+                match outcome.unsaved_rows {
+                    0 => String::new(),
+                    n => format!(" ({n} more were scored but not saved: the store failed)"),
+                },
                 summary.rows
             );
         }
+        crate::interrupt::record_kept(crate::interrupt::Kept {
+            store: engine.store_path().map(Path::to_path_buf),
+            committed,
+            unsaved: outcome.unsaved_rows,
+            store_failure: outcome.store_failure,
+        });
         return Err(e);
     }
     writer.finish()?;

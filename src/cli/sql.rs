@@ -20,7 +20,7 @@ use super::distribution::{render, TERMINAL_BINS};
 use super::engine_args::EngineArgs;
 use crate::plot::{write_histogram, Measure};
 use crate::run::{check_report_paths, RunSummary};
-use crate::sql::output::{copies_scores, run_statements, tidy_cluster_error, tidy_signature_error, write_query};
+use crate::sql::output::{prepare_copies, run_statements, tidy_cluster_error, tidy_signature_error, write_query};
 use crate::sql::session::{new_session, register_table, set_parquet_metadata};
 
 #[derive(Debug, Args)]
@@ -98,6 +98,14 @@ pub fn run(args: SqlArgs) -> Result<()> {
     let result = runtime.block_on(run_session(&args, ctx, &service, None));
 
     let summary = RunSummary::of_service(&service, &resolved, started.elapsed().as_secs_f64());
+    if service.is_loaded() {
+        crate::interrupt::record_kept(crate::interrupt::Kept {
+            store: resolved.options.store.clone(),
+            committed: summary.store.committed_rows,
+            unsaved: summary.store.unsaved_rows,
+            store_failure: summary.store.store_failure.clone(),
+        });
+    }
     let distributions = service.distributions();
     if service.is_loaded() {
         eprintln!("{}", summary.sql_line());
@@ -168,7 +176,8 @@ async fn run_session(
     // COPY fixes its Parquet options when planned: load first so the files it writes carry the
     // model's metadata. (On a cluster the client loads no model; `finish_output` adds the
     // metadata to what the executors wrote.)
-    if !on_cluster && copies_scores(&ctx, &commands).await {
+    let copies_scores = prepare_copies(&ctx, &commands, cluster).await?;
+    if !on_cluster && copies_scores {
         let scorer = service.scorer().map_err(anyhow::Error::msg)?;
         set_parquet_metadata(&ctx, &scorer.facts().metadata(env!("CARGO_PKG_VERSION")));
     }

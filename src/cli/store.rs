@@ -22,16 +22,17 @@ pub enum StoreCommand {
     /// Entries, file size, and entries per model.
     Info,
     /// Remove the scores of one model (`--model` as given to `score`/`sql`: a hub id or a
-    /// directory), or every score.
+    /// directory), or every score. Refused while a job uses the store.
     Clear {
         #[arg(long)]
         model: Option<String>,
     },
     /// Check the store: redb's check of its pages, then every entry's checksum. Exits non-zero
-    /// when anything is damaged. Slow on a large store.
+    /// when anything is damaged. Slow on a large store; refused while a job uses the store.
     Check,
-    /// Keep what is readable: copy every intact entry into a fresh store, move the damaged file
-    /// aside (NAME.damaged-<time>, kept), and put the fresh one in its place.
+    /// Keep what is readable of a damaged store: copy every intact entry into a fresh store, keep
+    /// the damaged file beside it (NAME.damaged-<time>), and put the fresh one in its place. A
+    /// store without damage is left as it is.
     Repair,
 }
 
@@ -45,20 +46,34 @@ pub fn run(args: StoreArgs) -> Result<()> {
     }
     if let StoreCommand::Repair = args.command {
         let report = skyscore_engine::store::repair(&path)?;
-        let mut text = format!(
-            "{}: kept {} scores, dropped {} damaged ones; the damaged file is {}\n",
-            path.display(),
-            report.kept,
-            report.dropped_damaged,
-            report.damaged_copy.display()
-        );
-        if let Some(reason) = report.read_stopped {
-            text.push_str(&format!("reading stopped early on damage ({reason}): scores after that point are lost\n"));
-        }
+        let text = match (&report.damage, &report.damaged_copy) {
+            (Some(damage), Some(copy)) => {
+                let mut text = format!(
+                    "{}: damaged ({damage}); kept {} scores, dropped {} damaged ones; the damaged file is {}\n",
+                    path.display(),
+                    report.kept,
+                    report.dropped_damaged,
+                    copy.display()
+                );
+                if let Some(reason) = &report.read_stopped {
+                    text.push_str(&format!(
+                        "reading stopped early on damage ({reason}): scores after that point are lost\n"
+                    ));
+                }
+                text
+            }
+            _ => format!("{}: no damage found ({} scores); nothing was changed\n", path.display(), report.kept),
+        };
         return write_stdout(&mut std::io::stdout().lock(), &text);
     }
-    let Some(mut store) = ScoreStore::open(&path, DEFAULT_WAIT)? else {
-        bail!("{}: the score store is held by another program; try again when it is done", path.display());
+    // Info reads beside running jobs; clearing and checking (which mends pages) need the store
+    // to themselves.
+    let mut store = match args.command {
+        StoreCommand::Info => match ScoreStore::open(&path, DEFAULT_WAIT)? {
+            Some(store) => store,
+            None => bail!("{}: the score store is held by another program; try again when it is done", path.display()),
+        },
+        _ => ScoreStore::open_for_upkeep(&path)?,
     };
     let mut out = std::io::stdout().lock();
     match args.command {

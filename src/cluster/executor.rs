@@ -41,14 +41,15 @@ fn headroom(host: u64) -> u64 {
 }
 
 /// The executor's memory pool: `--memory-pool` when given (GB; 0: no limit), else the
-/// machine's memory minus the model's weights minus [`headroom`]. An executor holding an 8B
-/// model in f32 on CPU (32 GB) must not let DataFusion plan for memory the model already uses.
+/// memory this process may use (its container's limit when lower) minus the model's weights
+/// minus [`headroom`]. An executor holding an 8B model in f32 on CPU (32 GB) must not let
+/// DataFusion plan for memory the model already uses.
 pub fn memory_pool(gb: Option<f64>, engine: &ResolvedEngine) -> Result<Option<u64>> {
     if let Some(gb) = gb {
         anyhow::ensure!(gb.is_finite() && gb >= 0.0, "--memory-pool must be a number of GB (0: no limit), got {gb}");
         return Ok(Some((gb * 1e9) as u64));
     }
-    let Some(host) = skyscore_engine::engine::host_memory() else { return Ok(None) };
+    let Some(host) = skyscore_engine::engine::usable_memory() else { return Ok(None) };
     let weights = match skyscore_engine::engine::resident_weight_bytes(&engine.model, &engine.options) {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -142,7 +143,7 @@ mod tests {
         assert_eq!(memory_pool(Some(1.5), &engine).unwrap(), Some(1_500_000_000));
         assert_eq!(memory_pool(Some(0.0), &engine).unwrap(), Some(0), "0: no limit");
         assert!(memory_pool(Some(-1.0), &engine).is_err());
-        let Some(host) = skyscore_engine::engine::host_memory() else {
+        let Some(host) = skyscore_engine::engine::usable_memory() else {
             eprintln!("SKIPPED automatic pool size: this system does not report its memory");
             return;
         };

@@ -153,20 +153,50 @@ mod tests {
         assert!(err.contains("d.jsonl: line 3: not valid JSON"), "{err}");
     }
 
+    /// What a line of a JSON Lines file is.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Kind {
+        Row,
+        /// Only whitespace: not a row and not an error.
+        Blank,
+        Bad,
+    }
+
     /// One line of a JSON Lines file as users' files have them: a good row, an empty line, a
-    /// truncated row, arbitrary text, another JSON value.
-    fn any_line() -> impl proptest::strategy::Strategy<Value = (String, bool)> {
+    /// truncated row, arbitrary text, another JSON value; with what it is. Arbitrary text is
+    /// classified as a JSON parser sees it (`{}` is a row, spaces are blank).
+    fn any_line() -> impl proptest::strategy::Strategy<Value = (String, Kind)> {
         use proptest::prelude::*;
+        let classify = |t: String| {
+            let kind = if t.trim().is_empty() {
+                Kind::Blank
+            } else if serde_json::from_str::<serde_json::Value>(&t).is_ok_and(|v| v.is_object()) {
+                Kind::Row
+            } else {
+                Kind::Bad
+            };
+            (t, kind)
+        };
         prop_oneof![
             ("\\PC{0,30}", "\\PC{0,30}").prop_map(|(i, o)| {
-                (serde_json::json!({"instruction": i, "input": "", "output": o}).to_string(), true)
+                (serde_json::json!({"instruction": i, "input": "", "output": o}).to_string(), Kind::Row)
             }),
-            Just((String::new(), false)),
-            "\\PC{0,30}".prop_map(|t| (format!("{{\"instruction\": \"{}", t.replace(['"', '\\'], "")), false)),
-            "\\PC{1,40}".prop_map(|t| (t, false)),
-            Just(("[1, 2]".to_string(), false)),
-            Just(("42".to_string(), false)),
+            Just((String::new(), Kind::Blank)),
+            "\\PC{0,30}".prop_map(|t| (format!("{{\"instruction\": \"{}", t.replace(['"', '\\'], "")), Kind::Bad)),
+            "\\PC{1,40}".prop_map(classify),
+            Just(("[1, 2]".to_string(), Kind::Bad)),
+            Just(("42".to_string(), Kind::Bad)),
         ]
+    }
+
+    /// Every batch of a table read to the end; an error fails the test (none may turn into
+    /// zero rows).
+    fn read_all(table: JsonLines) -> Result<usize> {
+        let mut rows = 0;
+        for batch in table.batches {
+            rows += batch?.num_rows();
+        }
+        Ok(rows)
     }
 
     proptest::proptest! {
@@ -177,27 +207,33 @@ mod tests {
             ..Default::default()
         })]
 
-        /// Any file: its rows, or an error naming the file and a line; with `skip_invalid`, the
-        /// good rows and a count of the rest. Never a panic.
+        /// Any file, both ways: without `skip_invalid`, every row when every line is good, else
+        /// an error naming the first bad line; with it, every good row read and every bad line
+        /// counted. Never a panic.
         #[test]
-        fn any_lines_give_rows_or_an_error_naming_the_line(lines in proptest::collection::vec(any_line(), 0..10)) {
+        fn any_lines_give_every_row_or_name_the_first_bad_line(lines in proptest::collection::vec(any_line(), 0..10)) {
             let text: String = lines.iter().map(|(l, _)| format!("{l}\n")).collect();
             let (_dir, path) = write(&text);
-            let good = lines.iter().filter(|(_, ok)| *ok).count();
-            match open(&path, 3, false) {
-                Ok(table) => {
-                    let rows: usize = table.batches.map(|b| b.map(|b| b.num_rows()).unwrap_or(0)).sum();
-                    proptest::prop_assert!(rows <= lines.len());
+            let good = lines.iter().filter(|(_, k)| *k == Kind::Row).count();
+            let bad = lines.iter().filter(|(_, k)| *k == Kind::Bad).count();
+            match (lines.iter().position(|(_, k)| *k == Kind::Bad), open(&path, 3, false)) {
+                (None, Ok(table)) => {
+                    proptest::prop_assert_eq!(table.rows, good);
+                    proptest::prop_assert_eq!(read_all(table).map_err(|e| format!("{e:#}")), Ok(good));
                 }
-                Err(e) => {
+                (None, Err(e)) => proptest::prop_assert!(false, "no bad line, yet: {:#}", e),
+                (Some(first), Ok(_)) => proptest::prop_assert!(false, "line {} is bad, yet the file opened", first + 1),
+                (Some(first), Err(e)) => {
                     let e = format!("{e:#}");
-                    proptest::prop_assert!(e.contains("d.jsonl: line "), "{}", e);
+                    let named = format!("d.jsonl: line {}: ", first + 1);
+                    proptest::prop_assert!(e.contains(&named), "expected `{}` in {}", named, e);
                 }
             }
-            if let Ok(table) = open(&path, 3, true) {
-                let rows: usize = table.batches.map(|b| b.map(|b| b.num_rows()).unwrap_or(0)).sum();
-                proptest::prop_assert!(rows >= good, "{} good rows, {} read", good, rows);
-            }
+            let table = open(&path, 3, true).map_err(|e| format!("{e:#}"));
+            proptest::prop_assert!(table.is_ok(), "skip_invalid opens every file: {:?}", table.as_ref().err());
+            let table = table.unwrap();
+            proptest::prop_assert_eq!((table.rows, skipped(&table.skipped)), (good, bad));
+            proptest::prop_assert_eq!(read_all(table).map_err(|e| format!("{e:#}")), Ok(good));
         }
     }
 

@@ -16,6 +16,7 @@ use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::parquet::file::properties::WriterProperties;
 
+use super::paths::{OutputKind, TempOutput};
 use crate::io::format::TableFormat;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +47,8 @@ enum Sink {
 
 pub struct OutputWriter {
     sink: Sink,
-    partial: PathBuf,
+    /// Removed with its lock if the run fails or is killed before [`Self::finish`].
+    partial: TempOutput,
     path: PathBuf,
 }
 
@@ -54,9 +56,9 @@ impl OutputWriter {
     /// `metadata` becomes Parquet key-value metadata (ignored for JSON).
     pub fn create(path: &Path, schema: SchemaRef, metadata: Vec<(String, String)>) -> Result<Self> {
         let format = OutputFormat::from_path(path)?;
-        super::paths::remove_stale_temps(path);
-        let partial = super::paths::temp_sibling(path);
-        let file = File::create(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+        let partial = TempOutput::beside(path, OutputKind::File)?;
+        let file =
+            File::create(partial.path()).with_context(|| format!("cannot create {}", partial.path().display()))?;
         let sink = match format {
             OutputFormat::Jsonl => {
                 Sink::Jsonl(WriterBuilder::new().with_explicit_nulls(true).build(BufWriter::new(file)))
@@ -82,12 +84,13 @@ impl OutputWriter {
             Sink::JsonArray(w) => w.write(batch).map_err(anyhow::Error::from),
             Sink::Parquet(w) => w.write(batch).map_err(anyhow::Error::from),
         };
-        res.with_context(|| format!("writing {}", self.partial.display()))
+        res.with_context(|| format!("writing {}", self.partial.path().display()))
     }
 
     /// Flushes, closes and moves the file into place.
     pub fn finish(self) -> Result<()> {
-        let ctx = || format!("writing {}", self.partial.display());
+        let shown = self.partial.path().display().to_string();
+        let ctx = || format!("writing {shown}");
         match self.sink {
             Sink::Jsonl(mut w) => {
                 w.finish().with_context(ctx)?;
@@ -101,12 +104,13 @@ impl OutputWriter {
                 w.close().with_context(ctx)?;
             }
         }
-        super::paths::replace_with(&self.partial, &self.path)
+        self.partial.place(&self.path)?;
+        Ok(())
     }
 
     /// Removes the partial file after a failure.
     pub fn abandon(self) {
-        let _ = std::fs::remove_file(&self.partial);
+        drop(self.partial);
     }
 }
 

@@ -1,6 +1,7 @@
-//! Running statements and writing results: `COPY ... TO` a local path and `--output` write
-//! under a temporary name and replace their target only when complete (a failed or interrupted
-//! statement leaves an existing file as it was), and Parquet outputs carry the model's facts.
+//! Running statements and writing results: `COPY ... TO` a local path ([`super::copy`]) and
+//! `--output` write under a temporary name and reach their target only when complete (a failed
+//! or interrupted statement leaves the target as it was), and Parquet outputs carry the
+//! model's facts.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +15,9 @@ use datafusion_cli::exec::exec_from_commands;
 use datafusion_cli::print_options::PrintOptions;
 use skyscore_udf::{plan_calls_model, ScoringService};
 
+use super::copy::{input_paths, LocalCopy};
 use crate::io::format::TableFormat;
+use crate::io::paths::{check_target, OutputKind, Placed, TempOutput};
 
 /// Ballista reports a failed task as the debug form of nested errors (`... runtime execution
 /// error: DataFusionError(Shared(External(DataFusionError(Execution("skywork_score: ...")))))`);
@@ -45,27 +48,34 @@ pub fn tidy_signature_error(message: &str) -> String {
     format!("Error during planning: {}", rest[..end].trim_end_matches('.'))
 }
 
-/// Whether one of the statements is a `COPY` whose query runs the model. Statements that
-/// cannot be planned yet (a table an earlier statement creates) count as "maybe": loading
-/// the model early costs nothing that the statement would not spend anyway.
-pub async fn copies_scores(ctx: &SessionContext, sql: &str) -> bool {
-    let Ok(statements) = DFParser::parse_sql(sql) else { return false };
-    let state = ctx.state();
+/// Checks every local `COPY` target before anything runs (a target inside an input table, a
+/// file where a folder is asked, ... are refused before the model loads), and says whether one
+/// of the COPYs runs the model. Statements that cannot be planned yet (a table an earlier
+/// statement creates) count as "maybe" and are checked again when they run: loading the model
+/// early costs nothing that the statement would not spend anyway.
+pub async fn prepare_copies(ctx: &SessionContext, sql: &str, cluster: Option<&[(String, String)]>) -> Result<bool> {
+    let Ok(statements) = DFParser::parse_sql(sql) else { return Ok(false) };
+    let mut calls_model = false;
     for statement in statements {
-        if !matches!(statement, Statement::CopyTo(_)) {
-            continue;
-        }
-        match state.statement_to_plan(statement).await {
-            Ok(plan) if !plan_calls_model(&plan) => {}
-            _ => return true,
-        }
+        let Statement::CopyTo(copy) = statement else { continue };
+        let planned = match LocalCopy::of(&copy, cluster.is_some())? {
+            Some(local) => match local.check(ctx).await {
+                Ok(plan) => Some(plan),
+                // A refused target is an error now; a statement that cannot be planned yet is
+                // checked again when it runs.
+                Err(e) if e.downcast_ref::<datafusion::error::DataFusionError>().is_none() => return Err(e),
+                Err(_) => None,
+            },
+            None => ctx.state().statement_to_plan(Statement::CopyTo(copy)).await.ok(),
+        };
+        calls_model |= planned.is_none_or(|plan| plan_calls_model(&plan));
     }
-    false
+    Ok(calls_model)
 }
 
-/// Runs the statements as datafusion-cli would, except that a `COPY ... TO` a local path writes
-/// under a temporary name and replaces its target only when complete: a failed or interrupted
-/// COPY leaves an existing file as it was and no half-written one behind.
+/// Runs the statements as datafusion-cli would, except that a `COPY ... TO` a local path goes
+/// through [`LocalCopy`]: written under a temporary name, moved into place when complete,
+/// never over an input or a folder's other files.
 pub async fn run_statements(
     ctx: &SessionContext,
     commands: String,
@@ -80,39 +90,23 @@ pub async fn run_statements(
         return exec_from_commands(ctx, vec![commands], print_options).await.map_err(anyhow::Error::from);
     }
     for statement in statements {
-        match statement {
-            Statement::CopyTo(mut copy) if !copy.target.contains("://") => {
-                let target = output_target(Path::new(&copy.target), cluster)?;
-                crate::io::paths::remove_stale_temps(&target);
-                let temp = crate::io::paths::temp_sibling(&target);
-                copy.target = temp.to_str().context("COPY target is not UTF-8")?.to_string();
-                let started = Instant::now();
-                let written = async {
-                    let plan = ctx.state().statement_to_plan(Statement::CopyTo(copy)).await?;
-                    let batches = ctx.execute_logical_plan(plan).await?.collect().await?;
-                    Ok::<_, datafusion::error::DataFusionError>(batches)
-                }
-                .await;
-                let batches = match written {
-                    Ok(b) => b,
-                    Err(e) => {
-                        crate::io::paths::remove_temp(&temp);
-                        return Err(e).with_context(|| {
-                            format!("COPY to {} ({} was left as it was)", target.display(), target.display())
-                        });
-                    }
-                };
-                finish_output(&temp, &target, cluster)?;
-                let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-                let schema = batches
-                    .first()
-                    .map(|b| b.schema())
-                    .unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()));
-                let format = ctx.task_ctx().session_config().options().format.clone();
-                print_options.print_batches(schema, &batches, started, rows, &format)?;
-            }
-            other => exec_from_commands(ctx, vec![other.to_string()], print_options).await?,
-        }
+        let local = match &statement {
+            Statement::CopyTo(copy) => LocalCopy::of(copy, cluster.is_some())?,
+            _ => None,
+        };
+        let Some(copy) = local else {
+            exec_from_commands(ctx, vec![statement.to_string()], print_options).await?;
+            continue;
+        };
+        let started = Instant::now();
+        let batches = copy.run(ctx, |temp, target| finish_output(temp, target, cluster)).await?;
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let schema = batches
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or_else(|| Arc::new(datafusion::arrow::datatypes::Schema::empty()));
+        let format = ctx.task_ctx().session_config().options().format.clone();
+        print_options.print_batches(schema, &batches, started, rows, &format)?;
     }
     Ok(())
 }
@@ -129,28 +123,26 @@ fn output_target(path: &Path, cluster: Option<&[(String, String)]>) -> Result<Pa
 /// Moves a complete output into place. On a cluster, a Parquet file first gets the model's
 /// facts (and the skyscore version) in its key-value metadata, which the executor that wrote it
 /// could not add: the client copies it once more (shared filesystem, as for the rename).
-fn finish_output(temp: &Path, target: &Path, cluster: Option<&[(String, String)]>) -> Result<()> {
-    let parquet_file = temp.is_file() && TableFormat::of_path(target) == Some(TableFormat::Parquet);
+fn finish_output(temp: TempOutput, target: &Path, cluster: Option<&[(String, String)]>) -> Result<Placed> {
+    let parquet_file = temp.path().is_file() && TableFormat::of_path(target) == Some(TableFormat::Parquet);
     match cluster {
         Some(facts) if parquet_file => {
             let mut metadata =
                 vec![(skyscore_core::facts::keys::VERSION.to_string(), env!("CARGO_PKG_VERSION").to_string())];
             metadata.extend(facts.iter().cloned());
-            let with_metadata = crate::io::paths::temp_sibling(target);
-            let copied = crate::io::parquet_metadata::copy_with_metadata(temp, &with_metadata, &metadata);
-            crate::io::paths::remove_temp(temp);
-            if let Err(e) = copied {
-                crate::io::paths::remove_temp(&with_metadata);
-                return Err(e).with_context(|| format!("{} was left as it was", target.display()));
-            }
-            crate::io::paths::replace_with(&with_metadata, target)
+            let with_metadata = TempOutput::beside(target, OutputKind::File)?;
+            crate::io::parquet_metadata::copy_with_metadata(temp.path(), with_metadata.path(), &metadata)
+                .with_context(|| format!("{} was left as it was", target.display()))?;
+            drop(temp);
+            with_metadata.place(target)
         }
-        _ => crate::io::paths::replace_with(temp, target),
+        _ => temp.place(target),
     }
 }
 
-/// Runs one query and streams its result into `path` (through a temporary file, so an existing
-/// `path` stays until a complete result replaces it).
+/// Runs one query and streams its result into the file `path` (through a temporary file, so an
+/// existing `path` stays until a complete result replaces it). A `path` that is a folder or one
+/// of the query's inputs is refused before the query runs.
 pub async fn write_query(
     ctx: &SessionContext,
     sql: &str,
@@ -159,32 +151,27 @@ pub async fn write_query(
     cluster: Option<&[(String, String)]>,
 ) -> Result<()> {
     let path = &output_target(path, cluster)?;
-    crate::io::paths::remove_stale_temps(path);
-    let temp = crate::io::paths::temp_sibling(path);
-    let result = write_query_to(ctx, sql, path, &temp, service, cluster.is_some()).await;
-    match result {
-        Ok(rows) => {
-            finish_output(&temp, path, cluster)?;
-            eprintln!("wrote {rows} rows to {}", path.display());
-            Ok(())
-        }
-        Err(e) => {
-            crate::io::paths::remove_temp(&temp);
-            Err(e)
-        }
+    if TableFormat::of_path(path).is_none() || path.as_os_str().to_string_lossy().ends_with('/') {
+        bail!("{}: unknown output format (use .parquet, .csv, .json or .jsonl)", path.display());
     }
+    let df = ctx.sql(sql).await?;
+    check_target(path, OutputKind::File, &input_paths(df.logical_plan()))?;
+    let temp = TempOutput::beside(path, OutputKind::File)?;
+    let rows = write_query_to(ctx, df, path, temp.path(), service, cluster.is_some()).await?;
+    finish_output(temp, path, cluster)?;
+    eprintln!("wrote {rows} rows to {}", path.display());
+    Ok(())
 }
 
 async fn write_query_to(
     ctx: &SessionContext,
-    sql: &str,
+    df: datafusion::dataframe::DataFrame,
     path: &Path,
     temp: &Path,
     service: &ScoringService,
     on_cluster: bool,
 ) -> Result<u64> {
     let location = temp.to_str().context("output path is not UTF-8")?;
-    let df = ctx.sql(sql).await?;
     let options = DataFrameWriteOptions::new().with_single_file_output(true);
     let written = match TableFormat::of_path(path) {
         Some(TableFormat::Parquet) => {

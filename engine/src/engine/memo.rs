@@ -1,15 +1,16 @@
 //! The memo: what a chunk of rows needs from the model once duplicates and the score store have
 //! answered what they can. A chunk's rows are deduplicated by conversation, looked up in the
 //! store, and only conversations never scored with this model go on to be tokenized; each device
-//! batch's scores are committed as soon as they exist. No candle here: it is tested over a fake
-//! store.
+//! batch's scores go to the store writer ([`super::store_writer`]), which commits them beside the
+//! scoring. No candle here: it is tested over a fake store.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use anyhow::Result;
 use skyscore_core::{conversation_key, Conversation, ConversationKey, Distinct, RowResult, RowScore, ScoreStats};
 
+use super::store_writer::{CommitPolicy, StoreWriter};
 use crate::store::{ModelId, ScoreStore};
 
 /// Where scores of earlier runs are kept for one model: the score store, or a fake in tests.
@@ -81,31 +82,35 @@ impl ChunkPlan {
 
 /// Duplicates and the score store in front of the model.
 pub struct Memo {
-    memory: Option<Box<dyn ScoreMemory>>,
-    /// Scores committed to the store (what a rerun will not compute again).
-    committed: AtomicUsize,
-    /// Scores that could not be committed (the store failed to write).
-    unsaved: AtomicUsize,
-    /// Why the store was set aside, from its first failed write on (for the rest of the run).
-    failure: std::sync::Mutex<Option<String>>,
+    writer: Option<StoreWriter>,
 }
 
 impl Memo {
     pub fn new(memory: Option<Box<dyn ScoreMemory>>) -> Self {
-        Self {
-            memory,
-            committed: AtomicUsize::new(0),
-            unsaved: AtomicUsize::new(0),
-            failure: std::sync::Mutex::new(None),
-        }
+        Self::with_policy(memory, CommitPolicy::default())
+    }
+
+    pub fn with_policy(memory: Option<Box<dyn ScoreMemory>>, policy: CommitPolicy) -> Self {
+        let writer = memory.map(|m| StoreWriter::start(Arc::from(m), policy));
+        Self { writer }
     }
 
     pub fn store_path(&self) -> Option<&Path> {
-        self.memory.as_deref().map(ScoreMemory::path)
+        self.writer.as_ref().map(|w| w.memory().path())
     }
 
+    /// Scores committed to the store (what a rerun will not compute again), once every score
+    /// handed to the writer is committed.
     pub fn committed_rows(&self) -> usize {
-        self.committed.load(Ordering::Relaxed)
+        self.flush();
+        self.writer.as_ref().map_or(0, StoreWriter::committed_rows)
+    }
+
+    /// Waits until every score handed to the store writer is committed.
+    pub fn flush(&self) {
+        if let Some(w) = &self.writer {
+            w.flush();
+        }
     }
 
     /// Deduplicates a chunk's conversations and answers what the store knows.
@@ -155,62 +160,40 @@ impl Memo {
         Ok(ChunkPlan { slots, todo_rows, todo_keys, stats })
     }
 
-    /// The scores the store has for `keys` (all `None` without a store). A chunk is looked up
-    /// again just before it runs: it was planned while the previous chunk was scoring, and
-    /// rows the two share are in the store now.
+    /// The scores the store has for `keys` (all `None` without a store), and those handed to
+    /// the writer but not committed yet. A chunk is looked up again just before it runs: it was
+    /// planned while the previous chunk was scoring, and rows the two share are known by now.
     pub fn lookup(&self, keys: &[ConversationKey]) -> Result<Vec<Option<RowScore>>> {
-        match &self.memory {
-            Some(memory) if !self.set_aside() => memory.get_many(keys),
-            _ => Ok(vec![None; keys.len()]),
+        let Some(writer) = &self.writer else { return Ok(vec![None; keys.len()]) };
+        // After a failed commit redb refuses reads too: the store is set aside for the run.
+        let mut found =
+            if writer.failure().is_some() { vec![None; keys.len()] } else { writer.memory().get_many(keys)? };
+        for (slot, pending) in found.iter_mut().zip(writer.pending(keys)) {
+            if slot.is_none() {
+                *slot = pending;
+            }
         }
+        Ok(found)
     }
 
-    /// Commits one device batch's scores.
-    ///
-    /// The policy for a store that fails to write (a full disk, an I/O error), the same for
-    /// `score`, `sql` and cluster executors: the run goes on without the store. The first
-    /// failure is logged and sets the store aside for the rest of the run (after a failed
-    /// commit, redb refuses reads too, so looking up there would end the run instead); every
-    /// score not kept is counted ([`Self::unsaved_rows`]) and the end-of-run summary says how
-    /// many a rerun will compute again. Scores already committed stay in the store.
+    /// Hands one device batch's scores to the store writer (see [`super::store_writer`] for
+    /// what happens when the store fails to write).
     pub fn commit(&self, rows: &[(ConversationKey, RowScore)]) {
-        let Some(memory) = &self.memory else { return };
-        if self.set_aside() {
-            self.unsaved.fetch_add(rows.len(), Ordering::Relaxed);
-            return;
+        if let Some(w) = &self.writer {
+            w.send(rows);
         }
-        match memory.put_many(rows) {
-            Ok(()) => {
-                self.committed.fetch_add(rows.len(), Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.unsaved.fetch_add(rows.len(), Ordering::Relaxed);
-                let mut failure = self.failure.lock().expect("failure lock");
-                if failure.is_none() {
-                    let reason = format!("{e:#}");
-                    tracing::warn!(
-                        "cannot write to the score store {}: {reason}; the run goes on without the store \
-                         (scores computed from now on are not saved)",
-                        memory.path().display()
-                    );
-                    *failure = Some(reason);
-                }
-            }
-        }
-    }
-
-    fn set_aside(&self) -> bool {
-        self.failure.lock().expect("failure lock").is_some()
     }
 
     /// Why the store was set aside during this run, if it was.
     pub fn store_failure(&self) -> Option<String> {
-        self.failure.lock().expect("failure lock").clone()
+        self.flush();
+        self.writer.as_ref().and_then(StoreWriter::failure)
     }
 
     /// Scores computed but not kept because the store failed to write.
     pub fn unsaved_rows(&self) -> usize {
-        self.unsaved.load(Ordering::Relaxed)
+        self.flush();
+        self.writer.as_ref().map_or(0, StoreWriter::unsaved_rows)
     }
 }
 
@@ -218,8 +201,9 @@ impl Memo {
 mod tests {
     use std::collections::HashMap;
     use std::path::PathBuf;
-    use std::sync::atomic::AtomicBool;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Mutex;
+    use std::time::Duration;
 
     use skyscore_core::ScoreRequest;
 
@@ -230,6 +214,8 @@ mod tests {
     struct FakeMemory {
         rows: Mutex<HashMap<ConversationKey, RowScore>>,
         fail_writes: AtomicBool,
+        /// put_many calls: durable commits.
+        commits: AtomicUsize,
         /// Set by a failed write: reads fail from then on, as redb's do after an I/O error.
         poisoned: AtomicBool,
         path: PathBuf,
@@ -250,6 +236,7 @@ mod tests {
                 anyhow::bail!("No space left on device");
             }
             self.rows.lock().unwrap().extend(rows.iter().copied());
+            self.commits.fetch_add(1, Ordering::Relaxed);
             Ok(())
         }
 
@@ -292,7 +279,10 @@ mod tests {
         assert_eq!(plan.todo_rows, [0], "only `a` is left for the model");
         assert_eq!((plan.stats.store_hits, plan.stats.duplicate_rows), (1, 1));
         memo.commit(&[(plan.todo_keys[0], score(2.0))]);
+        // Handed over, not committed yet: the memo answers it already.
+        assert_eq!(memo.lookup(&plan.todo_keys).unwrap(), [Some(score(2.0))]);
         assert_eq!(memo.committed_rows(), 1);
+        assert_eq!(fake.rows.lock().unwrap().get(&plan.todo_keys[0]), Some(&score(2.0)), "committed by now");
         assert_eq!(memo.lookup(&plan.todo_keys).unwrap(), [Some(score(2.0))]);
         let results = plan.assemble(&[Ok(score(2.0))]);
         assert_eq!(results, [Ok(score(2.0)), Ok(score(7.0)), Ok(score(7.0))]);
@@ -305,6 +295,7 @@ mod tests {
         let fake = std::sync::Arc::new(FakeMemory::default());
         let memo = Memo::new(Some(Box::new(fake.clone())));
         memo.commit(&[(1, score(1.0))]);
+        memo.flush();
         fake.fail_writes.store(true, Ordering::Relaxed);
         memo.commit(&[(2, score(2.0)), (3, score(3.0))]);
         memo.commit(&[(4, score(4.0))]);
@@ -315,5 +306,23 @@ mod tests {
         let plan = memo.plan(&rows).unwrap();
         assert_eq!(plan.todo_rows, [0, 1]);
         assert_eq!(memo.lookup(&[1]).unwrap(), [None]);
+    }
+
+    /// The scoring hands its batches over and goes on; the writer makes one commit of many.
+    #[test]
+    fn batches_are_grouped_into_few_commits_and_a_drop_commits_the_rest() {
+        let fake = std::sync::Arc::new(FakeMemory::default());
+        let policy = CommitPolicy { interval: Duration::from_secs(3600), max_rows: 64 };
+        let memo = Memo::with_policy(Some(Box::new(fake.clone())), policy);
+        for k in 0..100u128 {
+            memo.commit(&[(k, score(k as f32))]);
+        }
+        assert_eq!(memo.committed_rows(), 100);
+        // One commit when 64 rows were held, one for the rest at the flush.
+        assert_eq!(fake.commits.load(Ordering::Relaxed), 2);
+        memo.commit(&[(500, score(5.0))]);
+        drop(memo);
+        assert_eq!(fake.rows.lock().unwrap().len(), 101, "dropping the memo commits what it held");
+        assert_eq!(fake.commits.load(Ordering::Relaxed), 3);
     }
 }

@@ -1,8 +1,9 @@
 //! The scoring engine: a loaded checkpoint and the one path from conversations to scores.
 //!
-//! Three parts, each with one job: [`load`] opens the files, the devices and the store;
-//! [`memo`] answers duplicates and stored rows and commits new scores; [`runner`] turns token
-//! rows into logits on the devices. [`Engine::score_chunks`] joins them: chunks of
+//! Four parts, each with one job: [`load`] opens the files, the devices and the store;
+//! [`memo`] answers duplicates and stored rows; [`store_writer`] commits new scores beside the
+//! scoring; [`runner`] turns token rows into logits on the devices. [`Engine::score_chunks`]
+//! joins them: chunks of
 //! conversations are planned and tokenized on their own thread (rayon inside) while the device
 //! works through the previous chunk.
 //!
@@ -12,6 +13,7 @@
 mod load;
 pub mod memo;
 mod runner;
+pub mod store_writer;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -62,7 +64,8 @@ pub struct EngineOptions {
     /// path). Tests use it to check candle's path on any CPU; `SKYSCORE_CANDLE_BF16=1` sets it.
     pub candle_bf16: bool,
     /// When the caller sets this flag, the run stops between device batches with
-    /// [`EngineError::Stopped`]; every score computed so far is committed to the store.
+    /// [`EngineError::Stopped`]; every score computed so far is committed to the store (by the
+    /// time [`Engine::committed_rows`] answers).
     pub stop: Option<Arc<AtomicBool>>,
 }
 
@@ -97,17 +100,37 @@ impl EngineOptions {
     }
 }
 
-/// The machine's memory in bytes (Linux: MemTotal of /proc/meminfo); `None` elsewhere.
-pub fn host_memory() -> Option<u64> {
+/// The memory this process may use, in bytes: the machine's (MemTotal of /proc/meminfo), or
+/// its container's limit (cgroup v2 `memory.max`, v1 `memory.limit_in_bytes`) when that is
+/// lower. `None` off Linux.
+pub fn usable_memory() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kb: u64 =
         text.lines().find_map(|l| l.strip_prefix("MemTotal:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kb * 1024)
+    let host = kb * 1024;
+    Some(cgroup_memory_limit().map_or(host, |limit| limit.min(host)))
 }
 
-/// The default `max_memory`: 80% of the machine's memory; elsewhere no limit.
+/// The memory limit of this process's cgroup, if one is set.
+fn cgroup_memory_limit() -> Option<u64> {
+    let parse = |text: String| text.trim().parse::<u64>().ok();
+    // cgroup v2: the process's own group (`0::/path`), then the namespace's root.
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|text| {
+        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?.trim().to_string();
+        std::fs::read_to_string(format!("/sys/fs/cgroup{}/memory.max", path.trim_end_matches('/'))).ok()
+    });
+    let v2 = own.or_else(|| std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok()).and_then(parse);
+    // cgroup v1 writes a huge number for "no limit".
+    let v1 = std::fs::read_to_string("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+        .ok()
+        .and_then(parse)
+        .filter(|&bytes| bytes < 1 << 60);
+    v2.or(v1)
+}
+
+/// The default `max_memory`: 80% of [`usable_memory`]; elsewhere no limit.
 pub fn default_max_memory() -> Option<u64> {
-    host_memory().map(|bytes| bytes / 10 * 8)
+    usable_memory().map(|bytes| bytes / 10 * 8)
 }
 
 /// Default padded-token budget of one forward pass. On a GPU it is what keeps the card busy
@@ -188,7 +211,11 @@ impl Engine {
 
     /// Whether the store failed during this run, and what it cost.
     pub fn store_outcome(&self) -> StoreOutcome {
-        StoreOutcome { unsaved_rows: self.memo.unsaved_rows(), store_failure: self.memo.store_failure() }
+        StoreOutcome {
+            committed_rows: self.memo.committed_rows(),
+            unsaved_rows: self.memo.unsaved_rows(),
+            store_failure: self.memo.store_failure(),
+        }
     }
 
     /// The score store this engine reads and writes, if any.
@@ -323,7 +350,7 @@ impl Engine {
                 .collect();
             self.memo.commit(&rows);
             // Tests wait for this line to stop a run at a known point.
-            tracing::debug!(rows = batch.len(), committed = self.memo.committed_rows(), "device batch scored");
+            tracing::debug!(rows = batch.len(), "device batch scored");
             on_batch(batch.len(), batch_stats.tokens);
         };
         let started = Instant::now();

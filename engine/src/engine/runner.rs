@@ -24,6 +24,9 @@ pub struct Replica {
 /// What one device batch produced: scores in batch-row order and its figures.
 pub type BatchOutput = (Vec<f32>, ScoreStats);
 
+/// Called after each device batch with its rows, their scores and its figures.
+pub type OnBatch<'a> = dyn FnMut(&[usize], &[f32], &ScoreStats) + 'a;
+
 pub struct Runner {
     pub replicas: Vec<Replica>,
     pub pad_token_id: Option<u32>,
@@ -47,7 +50,7 @@ impl Runner {
     pub fn run(
         &self,
         rows: &[&[u32]],
-        on_batch: &mut dyn FnMut(&[usize], &[f32], &ScoreStats),
+        on_batch: &mut OnBatch<'_>,
     ) -> Result<BatchOutput, EngineError> {
         let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
         let plan = plan_batches(&lengths, self.limits);

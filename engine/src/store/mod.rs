@@ -3,37 +3,39 @@
 //! conversation's content hash. Any later run, of `score` or SQL, the same job or another, after
 //! a crash or not, runs the model only on conversations it has never scored with that model.
 //!
-//! Writes are committed after every device batch, so a kill loses at most the batches in flight.
 //! Several processes may share one store (redb's multi-writer mode: one write transaction at a
-//! time); a store another program holds exclusively is waited for, then done without.
+//! time); each holds a shared lock on `NAME.lock` beside it ([`users`]), so upkeep that rewrites
+//! the store (`clear`, `check`, `repair`) is refused while a job uses it. A store another
+//! program holds exclusively is waited for, then done without.
 //!
 //! A store is a file on a disk that can go bad. Every value carries a checksum of its key and
-//! itself, so a flipped byte is never read back as a score (the entry counts as absent and the
-//! row is scored again); a redb panic on a damaged file is contained here and becomes an error
-//! naming the file and what to do ([`ScoreStore::check`], [`repair`], `--no-store`).
+//! itself ([`entry`]), so a flipped byte is never read back as a score (the entry counts as
+//! absent and the row is scored again); a redb panic on a damaged file is contained
+//! ([`guard`]) and becomes an error naming the file and what to do ([`ScoreStore::check`],
+//! [`repair()`], `--no-store`).
 
-use std::cell::Cell;
-use std::panic::AssertUnwindSafe;
+mod entry;
+mod guard;
+mod repair;
+pub mod users;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use redb::{
-    ConcurrencyMode, Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-    TableHandle,
+    ConcurrencyMode, Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableHandle,
 };
 use skyscore_core::facts::described_model;
 use skyscore_core::{ConversationKey, RowScore};
 
-/// `model id (16 bytes) ++ conversation key (16 bytes)`, big-endian: one model's entries are
-/// one contiguous key range. The value: score (f32), tokens (u32), truncated (u8), then a
-/// checksum (the low 32 bits of xxh3 over key and value).
-const SCORES: TableDefinition<[u8; 32], [u8; 13]> = TableDefinition::new("scores_v2");
-/// The table of stores written before values had checksums; moved into [`SCORES`] on open.
-const SCORES_V1: TableDefinition<[u8; 32], [u8; 9]> = TableDefinition::new("scores");
-/// Model id → what it stands for (the fingerprint text: model, revision, template, dtype, ...).
-const MODELS: TableDefinition<[u8; 16], &str> = TableDefinition::new("models");
+use entry::{decode, encode, key, with_checksum, MODELS, SCORES, SCORES_V1};
+pub use guard::StoreDamaged;
+use guard::{damaged, guarded};
+pub use repair::{repair, RepairReport};
+pub use users::StoreInUse;
+use users::UsersLock;
 
 /// Names the model a score belongs to: a hash of everything scores depend on.
 pub type ModelId = [u8; 16];
@@ -55,6 +57,8 @@ pub struct ScoreStore {
     path: PathBuf,
     /// A damaged entry was met and reported (once per store).
     warned_damage: AtomicBool,
+    /// This process's lock on the store's users file (shared for a job, exclusive for upkeep).
+    _users: Option<UsersLock>,
 }
 
 impl std::fmt::Debug for ScoreStore {
@@ -70,109 +74,6 @@ pub struct ModelEntries {
     pub entries: u64,
 }
 
-fn key(model: &ModelId, conversation: ConversationKey) -> [u8; 32] {
-    let mut k = [0u8; 32];
-    k[..16].copy_from_slice(model);
-    k[16..].copy_from_slice(&conversation.to_be_bytes());
-    k
-}
-
-fn checksum(key: &[u8; 32], value: &[u8]) -> [u8; 4] {
-    let mut bytes = [0u8; 41];
-    bytes[..32].copy_from_slice(key);
-    bytes[32..32 + value.len()].copy_from_slice(value);
-    (xxhash_rust::xxh3::xxh3_64(&bytes[..32 + value.len()]) as u32).to_le_bytes()
-}
-
-fn encode_v1(r: &RowScore) -> [u8; 9] {
-    let mut v = [0u8; 9];
-    v[..4].copy_from_slice(&r.score.to_le_bytes());
-    v[4..8].copy_from_slice(&r.tokens.to_le_bytes());
-    v[8] = r.truncated as u8;
-    v
-}
-
-fn encode(key: &[u8; 32], r: &RowScore) -> [u8; 13] {
-    with_checksum(key, encode_v1(r))
-}
-
-fn with_checksum(key: &[u8; 32], v1: [u8; 9]) -> [u8; 13] {
-    let mut v = [0u8; 13];
-    v[..9].copy_from_slice(&v1);
-    v[9..].copy_from_slice(&checksum(key, &v1));
-    v
-}
-
-/// The store keeps what the model read; a row that was not truncated read all of itself.
-/// `None` when the checksum does not match: the entry was damaged on disk.
-fn decode(key: &[u8; 32], v: [u8; 13]) -> Option<RowScore> {
-    if v[9..] != checksum(key, &v[..9]) {
-        return None;
-    }
-    let tokens = u32::from_le_bytes(v[4..8].try_into().expect("4 bytes"));
-    let truncated = v[8] != 0;
-    Some(RowScore {
-        score: f32::from_le_bytes(v[..4].try_into().expect("4 bytes")),
-        tokens,
-        truncated,
-        full_tokens: (!truncated).then_some(tokens),
-    })
-}
-
-thread_local! {
-    /// Set while this thread runs redb code: a panic there is reported as a damaged store.
-    static INSIDE_STORE: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Panics inside redb (its answer to some damaged files) are errors of the store, reported
-/// once by [`guarded`]: the default panic message would only add noise to the user's terminal.
-fn install_quiet_panic_hook() {
-    static INSTALLED: std::sync::Once = std::sync::Once::new();
-    INSTALLED.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            if !INSIDE_STORE.with(Cell::get) {
-                previous(info);
-            }
-        }));
-    });
-}
-
-/// A store that cannot be read as a store: the message says what the user can do about it.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the score store {shown} is damaged ({reason}). Run `skyscore store repair --store {shown}` to keep what is \
-     readable (the damaged file is kept beside it), or move the file aside; `--no-store` runs without a store"
-)]
-pub struct StoreDamaged {
-    shown: String,
-    /// What redb said.
-    pub reason: String,
-}
-
-fn damaged(path: &Path, what: impl std::fmt::Display) -> anyhow::Error {
-    StoreDamaged { shown: path.display().to_string(), reason: what.to_string() }.into()
-}
-
-/// Runs redb code for the store at `path`; a panic inside becomes a [`damaged`] error.
-fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    install_quiet_panic_hook();
-    let was_inside = INSIDE_STORE.with(|flag| flag.replace(true));
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(f));
-    INSIDE_STORE.with(|flag| flag.set(was_inside));
-    match outcome {
-        Ok(result) => result,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "redb stopped on an inconsistency".into());
-            Err(damaged(path, format!("redb: {message}")))
-        }
-    }
-}
-
 /// What [`ScoreStore::check`] found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CheckReport {
@@ -184,12 +85,34 @@ pub struct CheckReport {
 }
 
 impl ScoreStore {
-    /// Opens (or creates) the store at `path`. When another program holds it exclusively, waits
-    /// up to `wait`; then `Ok(None)`: the caller runs without it (and says so).
+    /// Opens (or creates) the store at `path` for a job, which shares it with other jobs (see
+    /// [`users`]). While upkeep holds it, or another program holds it exclusively, waits up to
+    /// `wait`; then `Ok(None)`: the caller runs without it (and says so).
     pub fn open(path: &Path, wait: Duration) -> Result<Option<Self>> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).with_context(|| format!("score store: cannot create {}", dir.display()))?;
-        }
+        create_parent(path)?;
+        let started = Instant::now();
+        let Some(users) = UsersLock::for_job(path, wait)? else { return Ok(None) };
+        let Some(db) = Self::open_db(path, wait.saturating_sub(started.elapsed()))? else { return Ok(None) };
+        Ok(Some(Self { _users: Some(users), ..Self::without_users(db, path) }))
+    }
+
+    /// Opens the store at `path` for upkeep that rewrites or empties it: refused with
+    /// [`StoreInUse`] while any other process uses it.
+    pub fn open_for_upkeep(path: &Path) -> Result<Self> {
+        create_parent(path)?;
+        let users = UsersLock::for_upkeep(path)?;
+        let Some(db) = Self::open_db(path, Duration::ZERO)? else { return Err(StoreInUse::new(path).into()) };
+        Ok(Self { _users: Some(users), ..Self::without_users(db, path) })
+    }
+
+    fn without_users(db: Database, path: &Path) -> Self {
+        Self { db, path: path.to_path_buf(), warned_damage: AtomicBool::new(false), _users: None }
+    }
+
+    /// Opens or creates the database at `path` with its tables (no users lock). When another
+    /// program holds it exclusively, waits up to `wait`, then `Ok(None)`. Damage is a
+    /// [`StoreDamaged`] error.
+    fn open_db(path: &Path, wait: Duration) -> Result<Option<Database>> {
         let started = Instant::now();
         loop {
             let opened = guarded(path, || {
@@ -201,9 +124,8 @@ impl ScoreStore {
             })?;
             match opened {
                 Ok(db) => {
-                    let store = Self { db, path: path.to_path_buf(), warned_damage: AtomicBool::new(false) };
-                    guarded(path, || store.create_tables())?;
-                    return Ok(Some(store));
+                    guarded(path, || create_tables(&db, path))?;
+                    return Ok(Some(db));
                 }
                 Err(DatabaseError::DatabaseAlreadyOpen) if started.elapsed() < wait => {
                     std::thread::sleep(Duration::from_millis(200));
@@ -226,33 +148,6 @@ impl ScoreStore {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Creates the tables, and moves the scores of a store written before values had checksums
-    /// into the checksummed table (once, in one transaction).
-    fn create_tables(&self) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        let has_v1 = txn.list_tables()?.any(|t| t.name() == SCORES_V1.name());
-        {
-            let mut scores = txn.open_table(SCORES)?;
-            txn.open_table(MODELS)?;
-            if has_v1 {
-                let old = txn.open_table(SCORES_V1)?;
-                let mut moved = 0u64;
-                for entry in old.iter()? {
-                    let (k, v) = entry?;
-                    let k = k.value();
-                    scores.insert(k, with_checksum(&k, v.value()))?;
-                    moved += 1;
-                }
-                tracing::info!("score store {}: {moved} scores moved to the checksummed table", self.path.display());
-            }
-        }
-        if has_v1 {
-            txn.delete_table(SCORES_V1)?;
-        }
-        txn.commit()?;
-        Ok(())
     }
 
     /// Records what `model` stands for (shown by `skyscore store info`); idempotent.
@@ -402,82 +297,38 @@ impl ScoreStore {
     }
 }
 
-/// What [`repair`] kept.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RepairReport {
-    pub kept: u64,
-    /// Entries dropped: their checksum did not match, or they were past the point where reading
-    /// the damaged file stopped.
-    pub dropped_damaged: u64,
-    /// Reading stopped early on damage (entries after that point are lost).
-    pub read_stopped: Option<String>,
-    /// Where the damaged file was moved.
-    pub damaged_copy: PathBuf,
+/// Creates the tables, and moves the scores of a store written before values had checksums
+/// into the checksummed table (once, in one transaction).
+fn create_tables(db: &Database, path: &Path) -> Result<()> {
+    let txn = db.begin_write()?;
+    let has_v1 = txn.list_tables()?.any(|t| t.name() == SCORES_V1.name());
+    {
+        let mut scores = txn.open_table(SCORES)?;
+        txn.open_table(MODELS)?;
+        if has_v1 {
+            let old = txn.open_table(SCORES_V1)?;
+            let mut moved = 0u64;
+            for entry in old.iter()? {
+                let (k, v) = entry?;
+                let k = k.value();
+                scores.insert(k, with_checksum(&k, v.value()))?;
+                moved += 1;
+            }
+            tracing::info!("score store {}: {moved} scores moved to the checksummed table", path.display());
+        }
+    }
+    if has_v1 {
+        txn.delete_table(SCORES_V1)?;
+    }
+    txn.commit()?;
+    Ok(())
 }
 
-/// Copies every readable, intact entry of the store at `path` into a fresh file, keeps the old
-/// file beside it as `NAME.damaged-<unix seconds>`, and puts the fresh one in its place.
-pub fn repair(path: &Path) -> Result<RepairReport> {
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let fresh_path = path.with_extension(format!("repair-{stamp}.tmp"));
-    let damaged_copy = path.with_file_name(format!(
-        "{}.damaged-{stamp}",
-        path.file_name().map_or("scores.redb".into(), |n| n.to_string_lossy().into_owned())
-    ));
-    let fresh = ScoreStore::open(&fresh_path, Duration::ZERO)?
-        .ok_or_else(|| anyhow!("{} is held by another program", fresh_path.display()))?;
-    let (mut kept, mut dropped_damaged, mut models) = (0u64, 0u64, Vec::new());
-    let mut batch: Vec<([u8; 32], [u8; 13])> = Vec::new();
-    // redb refuses a file whose pages fail their checksums: then nothing is readable, and the
-    // repair is a fresh store with the damaged file kept beside it.
-    let mut old = None;
-    let read_stopped = guarded(path, || {
-        let db = old.insert(Database::builder().open(path).map_err(|e| anyhow!("redb cannot open it: {e}"))?);
-        let txn = db.begin_read()?;
-        if let Ok(table) = txn.open_table(MODELS) {
-            for entry in table.iter()? {
-                let (k, v) = entry?;
-                models.push((k.value(), v.value().to_string()));
-            }
-        }
-        let table = txn.open_table(SCORES)?;
-        for entry in table.iter()? {
-            let (k, v) = entry?;
-            let (k, v) = (k.value(), v.value());
-            if decode(&k, v).is_some() {
-                batch.push((k, v));
-            } else {
-                dropped_damaged += 1;
-            }
-        }
-        Ok(())
-    })
-    .err()
-    .map(|e| match e.downcast_ref::<StoreDamaged>() {
-        Some(d) => d.reason.clone(),
-        None => format!("{e:#}"),
-    });
-    {
-        let txn = fresh.db.begin_write()?;
-        {
-            let mut table = txn.open_table(SCORES)?;
-            for (k, v) in &batch {
-                table.insert(*k, *v)?;
-                kept += 1;
-            }
-            let mut table = txn.open_table(MODELS)?;
-            for (k, v) in &models {
-                table.insert(k, v.as_str())?;
-            }
-        }
-        txn.commit()?;
+fn create_parent(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("score store: cannot create {}", dir.display()))?;
     }
-    drop((old, fresh));
-    std::fs::rename(path, &damaged_copy)
-        .with_context(|| format!("moving {} to {}", path.display(), damaged_copy.display()))?;
-    std::fs::rename(&fresh_path, path)
-        .with_context(|| format!("moving {} to {}", fresh_path.display(), path.display()))?;
-    Ok(RepairReport { kept, dropped_damaged, read_stopped, damaged_copy })
+    Ok(())
 }
 
 /// Whether a model description (see `ModelFacts::store_description`) is the model `filter`
@@ -488,6 +339,7 @@ pub fn description_matches(description: &str, filter: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::entry::encode_v1;
     use super::*;
 
     fn row(score: f32) -> RowScore {
@@ -579,8 +431,12 @@ mod tests {
                 }
             }
         }
+        // The check above may have mended pages: repair the file as it was damaged.
+        std::fs::write(&path, &bytes).unwrap();
         let repaired = repair(&path).unwrap();
-        assert!(repaired.damaged_copy.metadata().is_ok_and(|m| m.len() > 0), "the damaged file is kept beside it");
+        assert!(repaired.damage.is_some(), "{repaired:?}");
+        let kept = repaired.damaged_copy.as_ref().expect("the damaged file is kept beside it");
+        assert!(std::fs::read(kept).unwrap() == bytes, "the damaged file is kept as it was");
         match &repaired.read_stopped {
             Some(_) => assert_eq!(repaired.kept, 0),
             None => assert_eq!((repaired.kept, repaired.dropped_damaged), (49, 1)),
@@ -591,16 +447,44 @@ mod tests {
     }
 
     #[test]
-    fn repair_keeps_every_intact_entry_and_the_models() {
+    fn repair_leaves_an_intact_store_as_it_is() {
         let dir = tempfile::tempdir().unwrap();
         let (path, rows) = store_with(dir.path(), 50);
+        let before = std::fs::read(&path).unwrap();
         let repaired = repair(&path).unwrap();
-        assert_eq!((repaired.kept, repaired.dropped_damaged, repaired.read_stopped), (50, 0, None));
+        assert_eq!((repaired.kept, repaired.damage, repaired.damaged_copy), (50, None, None));
+        assert!(std::fs::read(&path).unwrap() == before, "an intact store is not rewritten");
         let store = ScoreStore::open(&path, DEFAULT_WAIT).unwrap().unwrap();
         let keys: Vec<_> = rows.iter().map(|(k, _)| *k).collect();
         let got = store.get_many(&[7u8; 16], &keys).unwrap();
         assert_eq!(got, rows.iter().map(|(_, r)| Some(*r)).collect::<Vec<_>>());
         assert_eq!(store.models().unwrap()[0].entries, 50);
+    }
+
+    /// The case of the issue: `repair` and `clear` on a store a job is writing used to rename
+    /// it away or empty it under the job.
+    #[test]
+    fn upkeep_is_refused_while_a_job_uses_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, rows) = store_with(dir.path(), 20);
+        let job = ScoreStore::open(&path, DEFAULT_WAIT).unwrap().unwrap();
+        let listing = || {
+            let mut names: Vec<String> =
+                std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+            names.sort();
+            names
+        };
+        let before = listing();
+        for refused in [repair(&path).unwrap_err(), ScoreStore::open_for_upkeep(&path).unwrap_err()] {
+            assert!(refused.downcast_ref::<StoreInUse>().is_some(), "{refused:#}");
+        }
+        assert_eq!(listing(), before, "nothing renamed or created");
+        job.put_many(&[7u8; 16], &[(999_999_999, row(4.0))]).unwrap();
+        assert_eq!(job.len().unwrap(), rows.len() as u64 + 1, "the job's store is still its store");
+        drop(job);
+        let upkeep = ScoreStore::open_for_upkeep(&path).unwrap();
+        assert!(ScoreStore::open(&path, Duration::from_millis(100)).unwrap().is_none(), "jobs wait for upkeep");
+        assert_eq!(upkeep.clear(None).unwrap(), rows.len() as u64 + 1);
     }
 
     #[test]

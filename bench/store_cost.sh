@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# What the score store costs a run: `skyscore score` on ROWS (default 8,000) distinct rows of the
+# tiny model, with a fresh store and with `--no-store`, alternated RUNS times (default 5) so both
+# see the same machine state; wall time of each, medians and their ratio, and the store's
+# commits and syncs per run (strace, when installed). Figures go to
+# bench/results/store-cost-<cpu class>.json.
+#
+#   bench/store_cost.sh [SKYSCORE_BINARY] [PYTHON]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN="${1:-/var/tmp/skyscore-target-release/release/skyscore}"
+PY="${2:-/var/tmp/skyscore-pyci/bin/python}"
+ROWS="${ROWS:-8000}"
+RUNS="${RUNS:-5}"
+MODEL=sample_data/models/tiny-llama
+WORK=$(mktemp -d /var/tmp/skyscore-store-cost.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+"$PY" bench/make_large_table.py --rows "$ROWS" --out "$WORK/rows.parquet"
+run() { # OUT EXTRA...: one scoring run, its wall seconds on stdout
+  local out=$1; shift
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$BIN" score --model "$MODEL" --input "$WORK/rows.parquet" --output "$out" --no-progress "$@" 2>/dev/null
+  t1=$(date +%s.%N)
+  echo "$t1 - $t0" | bc
+}
+run "$WORK/warm.parquet" --no-store >/dev/null # page cache and allocator warm for both sides
+with=(); without=()
+for i in $(seq "$RUNS"); do
+  without+=("$(run "$WORK/a.parquet" --no-store)")
+  rm -f "$WORK"/store-*.redb*
+  with+=("$(run "$WORK/b.parquet" --store "$WORK/store-$i.redb")")
+  echo "store_cost: run $i: --no-store ${without[-1]} s, --store ${with[-1]} s"
+done
+cmp "$WORK/a.parquet" "$WORK/b.parquet" >/dev/null || { echo "store_cost: the two outputs differ"; exit 1; }
+syncs=null; commits=null
+if command -v strace >/dev/null; then
+  rm -f "$WORK"/store-s.redb*
+  strace -f -qq -e trace=fsync,fdatasync -o "$WORK/strace.txt" \
+    "$BIN" score --model "$MODEL" --input "$WORK/rows.parquet" --output "$WORK/c.parquet" --no-progress \
+    --store "$WORK/store-s.redb" 2>/dev/null
+  syncs=$(grep -c -E 'fsync|fdatasync' "$WORK/strace.txt" || true)
+fi
+commits=$(RUST_LOG=skyscore_engine=debug "$BIN" score --model "$MODEL" --input "$WORK/rows.parquet" \
+  --output "$WORK/d.parquet" --no-progress --store "$WORK/store-c.redb" 2>&1 | grep -c 'scores committed to the store' || true)
+"$PY" - "$ROWS" "$BIN" "$syncs" "$commits" "${without[*]}" "${with[*]}" <<'PYEOF'
+import json, statistics, subprocess, sys
+rows, binary, syncs, commits, without, with_store = sys.argv[1:7]
+without, with_store = [float(x) for x in without.split()], [float(x) for x in with_store.split()]
+flags = open("/proc/cpuinfo").read()
+cpu_class = "avx512bf16" if "avx512_bf16" in flags else "avx512" if "avx512f" in flags else "avx2"
+cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+result = {
+    "what": "skyscore score, tiny-llama, distinct rows: a fresh score store against --no-store, alternated",
+    "cpu": cpu, "cpu_class": cpu_class, "cores": len([l for l in flags.splitlines() if l.startswith("processor")]),
+    "commit": commit + ("+uncommitted" if dirty else ""), "binary": binary, "rows": int(rows),
+    "no_store_s": without, "store_s": with_store,
+    "median_no_store_s": round(statistics.median(without), 3), "median_store_s": round(statistics.median(with_store), 3),
+    "store_over_no_store": round(statistics.median(with_store) / statistics.median(without), 3),
+    "commits_per_run": int(commits), "syncs_per_run": None if syncs == "null" else int(syncs),
+}
+json.dump(result, open(f"bench/results/store-cost-{cpu_class}.json", "w"), indent=2)
+print(json.dumps(result, indent=2))
+PYEOF
