@@ -20,9 +20,12 @@ work = sys.argv[1]
 config = json.load(open(f"{work}/model/config.json"))
 config["max_position_embeddings"] = 32768
 json.dump(config, open(f"{work}/model/config.json", "w"), indent=2)
-words = " ".join(f"word{i % 997} and more" for i in range(60_000))  # far more than 32,768 tokens
-with open(f"{work}/long.jsonl", "w") as f:
-    f.write(json.dumps({"id": 1, "instruction": "Summarise this.", "input": "", "output": words}) + "\n")
+# About 6.7 tokens per unit with this tokenizer: a little over 8,192 and 32,768 tokens, so that
+# the prompt itself (and the tokenizer's work on it) is sized like the row scored.
+for name, units in [("long8k", 1_250), ("long32k", 4_950)]:
+    words = " ".join(f"word{i % 997} and more" for i in range(units))
+    with open(f"{work}/{name}.jsonl", "w") as f:
+        f.write(json.dumps({"id": 1, "instruction": "Summarise this.", "input": "", "output": words}) + "\n")
 with open(f"{work}/short.jsonl", "w") as f:
     f.write(json.dumps({"id": 1, "instruction": "Say hi.", "input": "", "output": "Hi!"}) + "\n")
 PYEOF
@@ -32,8 +35,8 @@ peak_kb() { # INPUT MAX_LENGTH: peak RSS in kB of one scoring run, and its token
   echo "$(cat "$WORK/time.txt") $("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['tokens'])" "$WORK/s.json")"
 }
 read -r short_kb short_tokens < <(peak_kb "$WORK/short.jsonl" 32768)
-read -r k8_kb k8_tokens < <(peak_kb "$WORK/long.jsonl" 8192)
-read -r k32_kb k32_tokens < <(peak_kb "$WORK/long.jsonl" 32768)
+read -r k8_kb k8_tokens < <(peak_kb "$WORK/long8k.jsonl" 8192)
+read -r k32_kb k32_tokens < <(peak_kb "$WORK/long32k.jsonl" 32768)
 echo "long_rows: short row ($short_tokens tokens) ${short_kb} kB, $k8_tokens tokens ${k8_kb} kB, $k32_tokens tokens ${k32_kb} kB"
 "$PY" - "$BIN" "$short_kb" "$short_tokens" "$k8_kb" "$k8_tokens" "$k32_kb" "$k32_tokens" <<'PYEOF'
 import json, subprocess, sys

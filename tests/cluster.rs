@@ -241,12 +241,26 @@ fn a_cluster_scores_like_a_local_run_and_filters_before_the_model() {
     assert!(get("skyscore.checkpoint_sha256").is_some_and(|h| h.len() == 64));
     assert!(get("skyscore.template_sha256").is_some_and(|h| h.len() == 64));
     assert!(get("skyscore.version").is_some());
+    // A partitioned COPY into a folder holding the user's file: the file stays, the executors'
+    // files join it once the query has succeeded.
+    let parts = dir.path().join("parts");
+    std::fs::create_dir(&parts).unwrap();
+    std::fs::write(parts.join("keep.txt"), "the user's file").unwrap();
+    let copy = format!(
+        "COPY (SELECT id, id % 2 AS g, {SCORE} AS score FROM sft) TO '{}' STORED AS PARQUET PARTITIONED BY (g)",
+        p(&parts)
+    );
+    let run = cluster.sql(&table, &[&copy]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(std::fs::read_to_string(parts.join("keep.txt")).unwrap(), "the user's file");
+    let counts: Vec<String> = (0..2).map(|g| common::count_rows_ids_scores(&parts.join(format!("g={g}")))).collect();
+    assert_eq!(counts, ["160,160,160", "160,160,160"], "every row once, in its partition");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .filter(|e| e.file_name().to_string_lossy().contains(".skyscore-"))
         .collect();
-    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    assert!(leftovers.is_empty(), "temporary or lock files left: {leftovers:?}");
 
     // --output with ORDER BY: the same top rows as the local run (ties broken by id).
     let top = dir.path().join("top.csv");

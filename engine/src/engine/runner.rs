@@ -47,11 +47,7 @@ impl Runner {
     /// Scores `rows` (token ids) in length-sorted, token-budgeted batches; after each device
     /// batch, `on_batch(its rows, their scores, its figures)`. Scores come back in the order of
     /// `rows`. A stop request ends it between batches.
-    pub fn run(
-        &self,
-        rows: &[&[u32]],
-        on_batch: &mut OnBatch<'_>,
-    ) -> Result<BatchOutput, EngineError> {
+    pub fn run(&self, rows: &[&[u32]], on_batch: &mut OnBatch<'_>) -> Result<BatchOutput, EngineError> {
         let lengths: Vec<usize> = rows.iter().map(|r| r.len()).collect();
         let plan = plan_batches(&lengths, self.limits);
         let mut scores = vec![0f32; rows.len()];
