@@ -102,3 +102,37 @@ pub fn stop_message(signal: i32, store: Option<&Path>) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one test of the process-wide record: each case records, then reads the message.
+    #[test]
+    fn the_stop_message_says_where_the_scores_are() {
+        let store = PathBuf::from("/data/st.redb");
+        assert_eq!(
+            stop_message(SIGTERM, Some(&store)),
+            "stopped by SIGTERM before any score was computed; the score store /data/st.redb is as it was."
+        );
+        let kept = |store_failure: Option<&str>| Kept {
+            store: Some(store.clone()),
+            committed: 96,
+            unsaved: 32,
+            store_failure: store_failure.map(str::to_string),
+        };
+        record_kept(kept(None));
+        let message = stop_message(SIGINT, Some(&store));
+        assert!(message.starts_with("stopped by Ctrl-C. Every score computed so far (96 in this run)"), "{message}");
+        assert!(message.contains("/data/st.redb: run the same command again to resume"), "{message}");
+        record_kept(kept(Some("No space left on device")));
+        let message = stop_message(SIGINT, Some(&store));
+        assert!(message.contains("failed during the run (No space left on device): 96 scores"), "{message}");
+        assert!(message.contains("32 were not saved; a rerun computes those again"), "{message}");
+        assert!(!message.contains("resume"), "{message}");
+        record_kept(Kept { store: None, committed: 0, unsaved: 0, store_failure: None });
+        assert!(stop_message(SIGINT, None).contains("No score store was used (--no-store)"));
+        assert_eq!(exit_code(SIGINT), 130);
+        assert_eq!(exit_code(SIGTERM), 143);
+    }
+}
