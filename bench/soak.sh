@@ -88,16 +88,20 @@ query="COPY (SELECT id, skywork_score(instruction, input, output) AS score FROM 
 pids+=($!)
 for _ in $(seq 100); do grep -q listening "$WORK/scheduler.out" && break; sleep 0.1; done
 address=$(awk '{print $NF}' "$WORK/scheduler.out")
-executor() { # N RUN: start executor N (its own ports and store), logging to executor-N-RUN.log
+# N RUN: starts executor N (its own ports and store), logging to executor-N-RUN.log; its pid in
+# $started_pid. Started from this shell itself (not a $(...) subshell), so that `wait` can
+# read how it ended.
+executor() {
   RUST_LOG=skyscore_engine=debug "$BIN" cluster executor --scheduler "$address" \
     --bind "127.0.0.1:$((52300 + 10 * $1))" --grpc-port $((52301 + 10 * $1)) --concurrent-tasks 1 \
     --heartbeat-interval 1 --model "$MODEL" --max-length 64 --store "$WORK/executor-$1.redb" \
     --work-dir "$WORK/work-$1" >"$WORK/executor-$1.out" 2>"$WORK/executor-$1-$2.log" &
-  echo $!
+  started_pid=$!
+  pids+=("$started_pid")
 }
 mkdir -p "$WORK/work-0" "$WORK/work-1"
-e0=$(executor 0 0); pids+=("$e0")
-e1=$(executor 1 0); pids+=("$e1")
+executor 0 0
+executor 1 0; e1=$started_pid
 sleep 2
 t4=$(now)
 "$BIN" sql --cluster "df://$address" --model "$MODEL" --max-length 64 -t "sft=$WORK/ctable" "$query" \
@@ -122,7 +126,7 @@ for k in 1 2; do
   cluster_kills+=("{\"device_batches_before_kill\": $batches, \"exit_status\": $status}")
   echo "soak: cluster: executor 1 killed ($k) after $batches device batches of the query"
   sleep 1
-  e1=$(executor 1 "$k"); pids+=("$e1")
+  executor 1 "$k"; e1=$started_pid
 done
 cluster_ok=true
 wait "$client" || cluster_ok=false
