@@ -39,17 +39,16 @@ read -r k8_kb k8_tokens < <(peak_kb "$WORK/long8k.jsonl" 8192)
 read -r k32_kb k32_tokens < <(peak_kb "$WORK/long32k.jsonl" 32768)
 echo "long_rows: short row ($short_tokens tokens) ${short_kb} kB, $k8_tokens tokens ${k8_kb} kB, $k32_tokens tokens ${k32_kb} kB"
 "$PY" - "$BIN" "$short_kb" "$short_tokens" "$k8_kb" "$k8_tokens" "$k32_kb" "$k32_tokens" <<'PYEOF'
-import json, subprocess, sys
+import json, sys
+sys.path.insert(0, "bench")
+from machine_facts import facts
 binary, short_kb, short_t, k8_kb, k8_t, k32_kb, k32_t = sys.argv[1:8]
 mb = lambda kb: round(int(kb) / 1024, 1)
-flags = open("/proc/cpuinfo").read()
-cpu_class = "avx512bf16" if "avx512_bf16" in flags else "avx512" if "avx512f" in flags else "avx2"
-cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+machine = facts()
+cpu_class = machine["cpu_class"]
 result = {
     "what": "peak RSS of skyscore score on one row, tiny-llama (max_position_embeddings raised to 32768), f32, CPU",
-    "cpu": cpu, "cpu_class": cpu_class, "commit": commit + ("+uncommitted" if dirty else ""), "binary": binary,
+    **machine, "binary": binary,
     "short_row": {"tokens": int(short_t), "peak_rss_mb": mb(short_kb)},
     "row_8k": {"tokens": int(k8_t), "peak_rss_mb": mb(k8_kb), "over_short_mb": round(mb(k8_kb) - mb(short_kb), 1)},
     "row_32k": {"tokens": int(k32_t), "peak_rss_mb": mb(k32_kb), "over_short_mb": round(mb(k32_kb) - mb(short_kb), 1)},

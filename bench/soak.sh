@@ -137,7 +137,9 @@ cleanup
 runs=$(IFS=,; echo "[${runs_json[*]}]")
 ckills=$(IFS=,; echo "[${cluster_kills[*]}]")
 "$PY" - "$WORK" "$ROWS" "$clean_s" "$soak_s" "$runs" "$cluster_ok" "$cluster_s" "$ckills" "$CLUSTER_ROWS" "$BIN" "$STEP" <<'PYEOF'
-import json, subprocess, sys
+import json, sys
+sys.path.insert(0, "bench")
+from machine_facts import facts
 import pyarrow.parquet as pq
 work, rows, clean_s, soak_s, runs, cluster_ok, cluster_s, ckills, cluster_rows, binary, step = sys.argv[1:12]
 runs, ckills = json.loads(runs), json.loads(ckills)
@@ -155,16 +157,12 @@ ids = cl.column("id").to_pylist()
 assert len(ids) == len(set(ids)) == int(cluster_rows), (len(ids), len(set(ids)))
 cluster_differ = sum(clean_by_id[i] != s for i, s in zip(ids, cl.column("score").to_pylist()))
 assert cluster_differ == 0, f"{cluster_differ} cluster scores differ"
-cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-flags = open("/proc/cpuinfo").read()
-cpu_class = "avx512bf16" if "avx512_bf16" in flags else "avx512" if "avx512f" in flags else "avx2"
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+machine = facts()
 result = {
     "what": "kill -9 soak: score with the store, each run killed once it had committed a set number of scores "
             "(alive and mid-run, exit status 137 checked), then run to the end; a cluster COPY with one of two "
             "executors killed twice while it scored",
-    "cpu": cpu, "cpu_class": cpu_class, "commit": commit + ("+uncommitted" if dirty else ""), "binary": binary,
+    **machine, "binary": binary,
     "model": "tiny-llama, max_length 64",
     "score": {
         "rows": int(rows), "kills": len(runs), "kill_after_committed": int(step), "killed_runs": runs,

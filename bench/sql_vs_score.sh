@@ -30,7 +30,9 @@ for i in $(seq "$RUNS"); do
   echo "sql_vs_score: run $i: score ${score_s[-1]} s, sql ${sql_s[-1]} s"
 done
 "$PY" - "$WORK" "$ROWS" "$BIN" "${score_s[*]}" "${sql_s[*]}" <<'PYEOF'
-import json, statistics, subprocess, sys
+import json, statistics, sys
+sys.path.insert(0, "bench")
+from machine_facts import facts
 import pyarrow.parquet as pq
 work, rows, binary, score_s, sql_s = sys.argv[1:6]
 score_s, sql_s = [float(x) for x in score_s.split()], [float(x) for x in sql_s.split()]
@@ -40,15 +42,12 @@ assert tokens == sql_tokens, (tokens, sql_tokens)
 a, b = pq.read_table(f"{work}/score.parquet"), pq.read_table(f"{work}/sql.parquet").sort_by("id")
 assert a.column("id").to_pylist() == b.column("id").to_pylist()
 assert a.column("score").to_pylist() == b.column("score").to_pylist(), "the same bits"
-flags = open("/proc/cpuinfo").read()
-cpu_class = "avx512bf16" if "avx512_bf16" in flags else "avx512" if "avx512f" in flags else "avx2"
-cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+machine = facts()
+cpu_class = machine["cpu_class"]
 result = {
     "what": "tiny-llama, distinct rows to Parquet, no store: skyscore score against skyscore sql COPY, alternated; "
             "tokens over each process's wall time",
-    "cpu": cpu, "cpu_class": cpu_class, "commit": commit + ("+uncommitted" if dirty else ""), "binary": binary,
+    **machine, "binary": binary,
     "rows": int(rows), "tokens": tokens, "score_s": score_s, "sql_s": sql_s,
     "score_tokens_per_s": [round(tokens / s) for s in score_s], "sql_tokens_per_s": [round(tokens / s) for s in sql_s],
     "sql_over_score_median_time": round(statistics.median(sql_s) / statistics.median(score_s), 3),

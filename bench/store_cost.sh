@@ -44,18 +44,16 @@ fi
 commits=$(RUST_LOG=skyscore_engine=debug "$BIN" score --model "$MODEL" --input "$WORK/rows.parquet" \
   --output "$WORK/d.parquet" --no-progress --store "$WORK/store-c.redb" 2>&1 | grep -c 'scores committed to the store' || true)
 "$PY" - "$ROWS" "$BIN" "$syncs" "$commits" "${without[*]}" "${with[*]}" <<'PYEOF'
-import json, statistics, subprocess, sys
+import json, statistics, sys
+sys.path.insert(0, "bench")
+from machine_facts import facts
 rows, binary, syncs, commits, without, with_store = sys.argv[1:7]
 without, with_store = [float(x) for x in without.split()], [float(x) for x in with_store.split()]
-flags = open("/proc/cpuinfo").read()
-cpu_class = "avx512bf16" if "avx512_bf16" in flags else "avx512" if "avx512f" in flags else "avx2"
-cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+machine = facts()
+cpu_class = machine["cpu_class"]
 result = {
     "what": "skyscore score, tiny-llama, distinct rows: a fresh score store against --no-store, alternated",
-    "cpu": cpu, "cpu_class": cpu_class, "cores": len([l for l in flags.splitlines() if l.startswith("processor")]),
-    "commit": commit + ("+uncommitted" if dirty else ""), "binary": binary, "rows": int(rows),
+    **machine, "binary": binary, "rows": int(rows),
     "no_store_s": without, "store_s": with_store,
     "median_no_store_s": round(statistics.median(without), 3), "median_store_s": round(statistics.median(with_store), 3),
     "store_over_no_store": round(statistics.median(with_store) / statistics.median(without), 3),
