@@ -1,6 +1,6 @@
 """What every bench result records about where it ran: the CPU's name and class (the kernels
 skyscore picks differ by class), the core count and the commit measured (marked when the
-tracked files differ from it). Imported by the bench scripts' result writers."""
+tracked files other than results and Markdown differ from it). Imported by the bench scripts' result writers."""
 import os
 import subprocess
 
@@ -11,7 +11,8 @@ def facts() -> dict:
     cpu_class = "avx512bf16" if "avx512_bf16" in cpuinfo else "avx512" if "avx512f" in cpuinfo else "avx2"
     git = lambda *args: subprocess.run(["git", *args], capture_output=True, text=True).stdout.strip()
     commit = git("rev-parse", "--short", "HEAD")
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
+    # Results and prose do not change what runs.
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results", ":!*.md")
     return {
         "cpu": name,
         "cpu_class": cpu_class,
