@@ -6,6 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::Path;
 
 use anyhow::Result;
+use redb::{DatabaseError, StorageError};
 
 thread_local! {
     /// Set while this thread runs redb code: a panic there is reported as a damaged store.
@@ -58,5 +59,20 @@ pub(super) fn guarded<T>(path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T
                 .unwrap_or_else(|| "redb stopped on an inconsistency".into());
             Err(damaged(path, format!("redb: {message}")))
         }
+    }
+}
+
+/// What redb's refusal to open a file says about damage: the damage, or `None` when the refusal
+/// is no damage (in use, no permission, a failing disk, a store that needs recovery). Structures
+/// pointing past the end of the file, or bytes that do not decode, are damage.
+pub(super) fn damage_in(error: &DatabaseError) -> Option<String> {
+    match error {
+        DatabaseError::Storage(StorageError::Corrupted(reason)) => Some(reason.to_string()),
+        DatabaseError::Storage(StorageError::Io(e))
+            if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData) =>
+        {
+            Some(e.to_string())
+        }
+        _ => None,
     }
 }

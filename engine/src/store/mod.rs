@@ -32,7 +32,7 @@ use skyscore_core::{ConversationKey, RowScore};
 
 use entry::{decode, encode, key, with_checksum, MODELS, SCORES, SCORES_V1};
 pub use guard::StoreDamaged;
-use guard::{damaged, guarded};
+use guard::{damage_in, damaged, guarded};
 pub use repair::{repair, RepairReport};
 pub use users::StoreInUse;
 use users::UsersLock;
@@ -131,17 +131,10 @@ impl ScoreStore {
                     std::thread::sleep(Duration::from_millis(200));
                 }
                 Err(DatabaseError::DatabaseAlreadyOpen) => return Ok(None),
-                Err(DatabaseError::Storage(redb::StorageError::Corrupted(reason))) => {
-                    return Err(damaged(path, reason))
-                }
-                // Structures pointing past the end of the file, or bytes that do not decode:
-                // damage, not a failing disk.
-                Err(DatabaseError::Storage(redb::StorageError::Io(e)))
-                    if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData) =>
-                {
-                    return Err(damaged(path, e))
-                }
-                Err(e) => return Err(e).with_context(|| format!("score store {}", path.display())),
+                Err(e) => match damage_in(&e) {
+                    Some(damage) => return Err(damaged(path, damage)),
+                    None => return Err(e).with_context(|| format!("score store {}", path.display())),
+                },
             }
         }
     }

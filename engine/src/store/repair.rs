@@ -11,7 +11,7 @@ use anyhow::{anyhow, Context, Result};
 use redb::{ConcurrencyMode, Database, DatabaseError, ReadableDatabase, ReadableTable};
 
 use super::entry::{decode, MODELS, SCORES};
-use super::guard::{guarded, StoreDamaged};
+use super::guard::{damage_in, guarded, StoreDamaged};
 use super::users::{StoreInUse, UsersLock};
 use super::ScoreStore;
 
@@ -72,25 +72,18 @@ pub fn repair(path: &Path) -> Result<RepairReport> {
 /// an intact store is not written to (and a damaged one is kept as it was). A store that needs
 /// redb's recovery after a crash (which is no damage) is opened for writing, which recovers it.
 fn find_damage(path: &Path) -> Result<Result<u64, String>> {
-    let damage_of = |e: anyhow::Error| match e.downcast::<StoreDamaged>() {
-        Ok(d) => Ok(Err(d.reason)),
-        Err(other) => Err(other),
-    };
     let opened = guarded(path, || {
         Ok(Database::builder().set_concurrency_mode(ConcurrencyMode::MultiWriter).open_read_only(path))
     });
     let db = match opened {
-        Err(e) => return damage_of(e),
+        Err(e) => return damage_or_error(e),
         Ok(Ok(db)) => db,
         Ok(Err(DatabaseError::DatabaseAlreadyOpen)) => return Err(StoreInUse::new(path).into()),
-        Ok(Err(DatabaseError::Storage(redb::StorageError::Corrupted(reason)))) => return Ok(Err(reason)),
-        Ok(Err(DatabaseError::Storage(redb::StorageError::Io(e))))
-            if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData) =>
-        {
-            return Ok(Err(e.to_string()))
-        }
         Ok(Err(DatabaseError::RepairAborted)) => return find_damage_recovering(path),
-        Ok(Err(e)) => return Err(e).with_context(|| format!("score store {}", path.display())),
+        Ok(Err(e)) => match damage_in(&e) {
+            Some(damage) => return Ok(Err(damage)),
+            None => return Err(e).with_context(|| format!("score store {}", path.display())),
+        },
     };
     let scanned = guarded(path, || {
         let txn = db.begin_read()?;
@@ -118,14 +111,10 @@ fn find_damage(path: &Path) -> Result<Result<u64, String>> {
 
 /// [`find_damage`] for a store redb must recover first: opened for writing, then checked.
 fn find_damage_recovering(path: &Path) -> Result<Result<u64, String>> {
-    let damage_of = |e: anyhow::Error| match e.downcast::<StoreDamaged>() {
-        Ok(d) => Ok(Err(d.reason)),
-        Err(other) => Err(other),
-    };
     let mut store = match ScoreStore::open_db(path, Duration::ZERO) {
         Ok(Some(db)) => ScoreStore::without_users(db, path),
         Ok(None) => return Err(StoreInUse::new(path).into()),
-        Err(e) => return damage_of(e),
+        Err(e) => return damage_or_error(e),
     };
     match store.check() {
         Ok(report) if !report.pages_ok => Ok(Err("redb found damaged pages".into())),
@@ -133,7 +122,15 @@ fn find_damage_recovering(path: &Path) -> Result<Result<u64, String>> {
             Ok(Err(format!("{} entries fail their checksums", report.damaged_entries)))
         }
         Ok(report) => Ok(Ok(report.entries)),
-        Err(e) => damage_of(e),
+        Err(e) => damage_or_error(e),
+    }
+}
+
+/// A [`StoreDamaged`] error as the damage it names; any other error stays an error.
+fn damage_or_error(e: anyhow::Error) -> Result<Result<u64, String>> {
+    match e.downcast::<StoreDamaged>() {
+        Ok(d) => Ok(Err(d.reason)),
+        Err(other) => Err(other),
     }
 }
 
